@@ -3,6 +3,7 @@
 
 mod check;
 mod config;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
         #[arg(long, short, env = "CDCSYNC_CONFIG")]
         config: String,
     },
+    /// Live view of a running pipeline: rows/s captured and applied, backlog, end-to-end latency.
+    Watch(watch::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Watch(args) => {
+            watch::run(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
