@@ -1,0 +1,333 @@
+//! The consumer thread: one Kafka consumer-group member that polls, dispatches messages to the
+//! partition workers, stores offsets they report durable, and handles rebalances.
+//!
+//! It is a plain OS thread running librdkafka's `BaseConsumer::poll`, because the rebalance
+//! callbacks run inside `poll` and the revoke callback must *wait* for the revoked partitions'
+//! in-flight transactions; blocking there is harmless on a dedicated thread and would starve a
+//! tokio worker.
+//!
+//! # Rebalances (cooperative-sticky)
+//!
+//! * **Assign**: a worker task and a bounded channel are created per new partition; consumption
+//!   resumes from the group's committed offset (or the earliest offset for a new group).
+//! * **Revoke**: each revoked partition's worker is told to stop: a transaction already running
+//!   finishes, nothing new starts. The callback waits (bounded by `applier.revoke_timeout_ms`)
+//!   for the workers to exit, stores the offsets they reported durable, and commits
+//!   synchronously before librdkafka gives the partitions up. Whatever was not durable is
+//!   re-read by the next owner and absorbed by the processed-message table.
+//!
+//! # Backpressure
+//!
+//! Each worker channel holds one batch. When it is full, the message is kept in the partition's
+//! pending queue and the partition is paused; it is resumed once the queue drained into the
+//! channel. So a stalled PostgreSQL pauses consumption instead of growing memory, while the
+//! thread keeps polling and the member stays in its group.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode::Message;
+use crate::error::ApplierError;
+use crate::metrics;
+use crate::worker::{run_worker, WorkerEvent, WorkerShared};
+
+/// Committed offsets of the assigned partitions, for the retention job.
+pub type Committed = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+struct Worker {
+    tx: mpsc::Sender<Message>,
+    stop: CancellationToken,
+    pending: VecDeque<Message>,
+    paused: bool,
+}
+
+/// Worker bookkeeping shared by the poll loop and the rebalance callbacks (both on the consumer
+/// thread; the mutex only satisfies `&self` in the callbacks).
+struct State {
+    workers: HashMap<String, HashMap<i32, Worker>>,
+    fatal: Option<ApplierError>,
+}
+
+/// The librdkafka context: rebalance, commit and statistics callbacks.
+pub struct Context {
+    state: Mutex<State>,
+    runtime: tokio::runtime::Handle,
+    shared: Arc<WorkerShared>,
+    events_tx: std::sync::mpsc::Sender<WorkerEvent>,
+    events_rx: Mutex<std::sync::mpsc::Receiver<WorkerEvent>>,
+    revoke_timeout: Duration,
+    channel_capacity: usize,
+    committed: Committed,
+}
+
+impl Context {
+    /// A context whose workers apply with `shared` on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle, shared: Arc<WorkerShared>, revoke_timeout: Duration, committed: Committed) -> Self {
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let channel_capacity = shared.batch_max_events.max(1);
+        Context {
+            state: Mutex::new(State { workers: HashMap::new(), fatal: None }),
+            runtime,
+            shared,
+            events_tx,
+            events_rx: Mutex::new(events_rx),
+            revoke_timeout,
+            channel_capacity,
+            committed,
+        }
+    }
+
+    fn spawn_worker(&self, state: &mut State, topic: &str, partition: i32) {
+        let (tx, rx) = mpsc::channel(self.channel_capacity);
+        let stop = CancellationToken::new();
+        self.runtime.spawn(run_worker(
+            self.shared.clone(),
+            Arc::from(topic),
+            partition,
+            rx,
+            stop.clone(),
+            self.events_tx.clone(),
+        ));
+        state
+            .workers
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, Worker { tx, stop, pending: VecDeque::new(), paused: false });
+        tracing::info!(topic, partition, "partition assigned");
+    }
+
+    /// Handles worker reports until `until` returns true or `deadline` passes (or just drains
+    /// what is there when `deadline` is `None`).
+    fn drain_events(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        deadline: Option<Instant>,
+        mut waiting: Option<&mut HashMap<(String, i32), ()>>,
+    ) {
+        let rx = self.events_rx.lock().unwrap();
+        loop {
+            if let Some(w) = waiting.as_deref() {
+                if w.is_empty() {
+                    return;
+                }
+            }
+            let ev = match deadline {
+                None => match rx.try_recv() {
+                    Ok(ev) => ev,
+                    Err(_) => return,
+                },
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(ev) => ev,
+                        Err(_) => return,
+                    }
+                }
+            };
+            match ev {
+                WorkerEvent::Durable { topic, partition, offset } => {
+                    // `rd_kafka_offset_store` stores offset + 1: the next message to read.
+                    if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                        tracing::debug!(%topic, partition, error = %e, "offset not stored (partition no longer assigned)");
+                    }
+                }
+                WorkerEvent::Exited { topic, partition } => {
+                    if let Some(w) = waiting.as_deref_mut() {
+                        w.remove(&(topic.to_string(), partition));
+                    }
+                }
+                WorkerEvent::Fatal(e) => {
+                    let mut st = self.state.lock().unwrap();
+                    st.fatal.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// Stops the workers of `partitions` (all when `None`), waits for them and commits.
+    fn stop_workers(&self, consumer: &BaseConsumer<Context>, partitions: Option<&TopicPartitionList>) {
+        let mut waiting = HashMap::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            let keys: Vec<(String, i32)> = match partitions {
+                Some(tpl) => tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+                None => st
+                    .workers
+                    .iter()
+                    .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
+                    .collect(),
+            };
+            for (t, p) in keys {
+                if let Some(w) = st.workers.get_mut(&t).and_then(|ps| ps.remove(&p)) {
+                    w.stop.cancel();
+                    waiting.insert((t.clone(), p), ());
+                }
+                self.committed.lock().unwrap().remove(&(t.clone(), p));
+                tracing::info!(topic = %t, partition = p, "partition revoked");
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        self.drain_events(consumer, Some(Instant::now() + self.revoke_timeout), Some(&mut waiting));
+        if !waiting.is_empty() {
+            tracing::warn!(partitions = ?waiting.keys().collect::<Vec<_>>(),
+                "in-flight batches did not finish within applier.revoke_timeout_ms; their tail will be re-read by the next owner");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => metrics::OffsetsCommitted.emit(),
+            Err(e) => tracing::debug!(error = %e, "nothing committed on revoke"),
+        }
+    }
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let st = self.state.lock().unwrap();
+        let mut lags = Vec::new();
+        for (name, topic) in &statistics.topics {
+            let Some(assigned) = st.workers.get(name) else { continue };
+            for (p, part) in &topic.partitions {
+                if *p < 0 || !assigned.contains_key(p) || part.hi_offset < 0 {
+                    continue;
+                }
+                let base = if part.committed_offset >= 0 { part.committed_offset } else { part.lo_offset.max(0) };
+                lags.push((name.clone(), *p, (part.hi_offset - base).max(0)));
+            }
+        }
+        metrics::LagObserved { partitions: &lags }.emit();
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.stop_workers(consumer, Some(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut st = self.state.lock().unwrap();
+                for e in tpl.elements() {
+                    self.spawn_worker(&mut st, e.topic(), e.partition());
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_err() {
+            return;
+        }
+        metrics::OffsetsCommitted.emit();
+        let mut c = self.committed.lock().unwrap();
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                c.insert((e.topic().to_string(), e.partition()), o);
+            }
+        }
+    }
+}
+
+/// Polls until `shutdown` or a fatal error; then stops the workers and commits.
+pub fn poll_loop(
+    consumer: BaseConsumer<Context>,
+    shutdown: CancellationToken,
+    health: cdc_telemetry::Health,
+) -> Result<(), ApplierError> {
+    let ctx = consumer.context();
+    loop {
+        health.beat();
+        if shutdown.is_cancelled() || ctx.state.lock().unwrap().fatal.is_some() {
+            break;
+        }
+        ctx.drain_events(&consumer, None, None);
+        // Move pending messages into channels that have room; resume drained partitions.
+        {
+            let mut st = ctx.state.lock().unwrap();
+            for (topic, ps) in st.workers.iter_mut() {
+                for (p, w) in ps.iter_mut() {
+                    while let Some(m) = w.pending.pop_front() {
+                        match w.tx.try_send(m) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(m)) => {
+                                w.pending.push_front(m);
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                w.pending.clear();
+                                break;
+                            }
+                        }
+                    }
+                    if w.paused && w.pending.is_empty() {
+                        let mut tpl_one = TopicPartitionList::new();
+                        tpl_one.add_partition(topic, *p);
+                        if consumer.resume(&tpl_one).is_ok() {
+                            w.paused = false;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(res) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = match res {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                continue;
+            }
+        };
+        let msg = Message {
+            offset: m.offset(),
+            key: m.key().map(|k| k.to_vec()),
+            payload: m.payload().map(|p| p.to_vec()),
+            consumed_at: Instant::now(),
+        };
+        let mut st = ctx.state.lock().unwrap();
+        let Some(w) = st.workers.get_mut(m.topic()).and_then(|ps| ps.get_mut(&m.partition())) else {
+            tracing::debug!(topic = m.topic(), partition = m.partition(), "message for an unassigned partition dropped");
+            continue;
+        };
+        if !w.pending.is_empty() {
+            w.pending.push_back(msg);
+            continue;
+        }
+        match w.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                w.pending.push_back(msg);
+                if !w.paused {
+                    let mut tpl_one = TopicPartitionList::new();
+                    tpl_one.add_partition(m.topic(), m.partition());
+                    if consumer.pause(&tpl_one).is_ok() {
+                        w.paused = true;
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    tracing::info!("applier stopping: finishing in-flight batches");
+    ctx.stop_workers(&consumer, None);
+    ctx.drain_events(&consumer, None, None);
+    let fatal = ctx.state.lock().unwrap().fatal.take();
+    drop(consumer);
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
