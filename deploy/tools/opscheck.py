@@ -281,7 +281,7 @@ def cmd_alerts(_args):
             ok(f"issue 7 '{meaning}' -> {', '.join(rules)}")
     # Every runbook alert section belongs to an alert (no stale sections).
     for anchor in anchors:
-        if anchor.startswith("cdcsync") and anchor not in {n.lower() for n in names}:
+        if re.fullmatch(r"cdcsync[a-z]+", anchor) and anchor not in {n.lower() for n in names}:
             fail(f"docs/runbook.md section #{anchor} has no alert")
     finish("alerts")
 
@@ -505,6 +505,496 @@ def cmd_prometheusrule(args):
     finish("prometheusrule")
 
 
+
+# ------------------------------------------------------------------ configuration files
+
+EXAMPLE_CONFIG = os.path.join(ROOT, "config/cdcsync.example.toml")
+
+
+def toml_keys(doc, prefix=""):
+    """Dotted keys of a parsed TOML document; inline tables that are values (secrets, tls) count
+    as one key."""
+    keys = set()
+    for k, v in doc.items():
+        if isinstance(v, dict) and not prefix:
+            keys |= toml_keys(v, k + ".")
+        else:
+            keys.add(prefix + k)
+    return keys
+
+
+def shipped_configs():
+    """(where, TOML text) of every cdcsync configuration shipped under deploy/."""
+    import glob
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "deploy/**/*.toml"), recursive=True)):
+        with open(path) as f:
+            out.append((os.path.relpath(path, ROOT), f.read()))
+    cm = os.path.join(K8S, "configmap.yaml")
+    if os.path.exists(cm):
+        for doc in load_yaml_all(cm):
+            for key, text in doc.get("data", {}).items():
+                if key.endswith(".toml"):
+                    out.append((f"deploy/k8s/configmap.yaml:{key}", text))
+    return out
+
+
+def cmd_config_keys(_args):
+    """Every key of the shipped configs exists in config/cdcsync.example.toml (which the binary
+    documents every key in; unknown keys are errors at start)."""
+    import tomllib
+    print("shipped cdcsync configs use only keys of config/cdcsync.example.toml")
+    with open(EXAMPLE_CONFIG, "rb") as f:
+        example = tomllib.load(f)
+    known = toml_keys(example)
+    # Keys that the example leaves commented out (optional without default) are known too.
+    with open(EXAMPLE_CONFIG) as f:
+        section = ""
+        for line in f:
+            m = re.match(r"\s*\[([a-z_]+)\]", line)
+            if m:
+                section = m.group(1)
+            m = re.match(r"\s*#\s*([a-z_]+)\s*=", line)
+            if m and section:
+                known.add(f"{section}.{m.group(1)}")
+    configs = shipped_configs()
+    if not configs:
+        fail("no shipped configs found")
+    for where, text in configs:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            fail(f"{where}: not valid TOML: {e}")
+            continue
+        unknown = sorted(toml_keys(doc) - known)
+        if unknown:
+            fail(f"{where}: keys not in config/cdcsync.example.toml: {', '.join(unknown)}")
+        else:
+            ok(f"{where}: {len(toml_keys(doc))} keys, all known")
+    finish("config-keys")
+
+
+# ------------------------------------------------------------------ Kubernetes
+
+K8S_VERSION = "1.31.0"
+
+
+def k8s_docs():
+    docs = []
+    for fn in sorted(os.listdir(K8S)):
+        if fn.endswith((".yaml", ".yml")):
+            for d in load_yaml_all(os.path.join(K8S, fn)):
+                docs.append((fn, d))
+    return docs
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def cmd_k8s(_args):
+    import tomllib
+    print(f"Kubernetes manifests in deploy/k8s (schemas of Kubernetes {K8S_VERSION})")
+    try:
+        import kubernetes_validate.utils as kv
+    except ImportError:
+        kv = None
+        fail("kubernetes-validate is not importable: run this with the venv scripts/ops-test makes")
+    docs = k8s_docs()
+    by_kind = {}
+    for fn, d in docs:
+        by_kind.setdefault(d.get("kind"), []).append((fn, d))
+    # Kustomization lists every manifest except the Secret example.
+    kust = load_yaml(os.path.join(K8S, "kustomization.yaml"))
+    listed = set(kust.get("resources", []))
+    files = {fn for fn in os.listdir(K8S) if fn.endswith((".yaml", ".yml"))}
+    for fn in sorted(files - listed - {"kustomization.yaml", "secret.example.yaml"}):
+        fail(f"{fn} is not in kustomization.yaml resources")
+    for fn in sorted(listed - files):
+        fail(f"kustomization.yaml lists missing {fn}")
+    if "secret.example.yaml" in listed:
+        fail("kustomization.yaml must not apply secret.example.yaml (placeholder passwords)")
+    ok(f"kustomization.yaml lists {len(listed)} manifests")
+    # Schema validation of built-in kinds; custom resources are checked below.
+    for fn, d in docs:
+        kind = d.get("kind")
+        if d.get("apiVersion", "").startswith(("monitoring.coreos.com/", "kustomize.config.k8s.io/")):
+            continue
+        if kv is None:
+            continue
+        try:
+            kv.validate(d, K8S_VERSION, strict=True)
+            ok(f"{fn}: {kind}/{d['metadata']['name']} valid (strict schema)")
+        except Exception as e:  # ValidationError, SchemaNotFoundError
+            fail(f"{fn}: {kind}/{d.get('metadata', {}).get('name')}: {str(e).splitlines()[0]}")
+    # The configuration the pods load.
+    cms = {d["metadata"]["name"]: d for _, d in by_kind.get("ConfigMap", [])}
+    secrets = {d["metadata"]["name"]: d for _, d in by_kind.get("Secret", [])}
+    deployments = {d["metadata"]["name"]: d for _, d in by_kind.get("Deployment", [])}
+    for name, component in (("cdcsync-reader", "reader"), ("cdcsync-applier", "applier")):
+        dep = deployments.get(name)
+        if dep is None:
+            fail(f"no Deployment {name}")
+            continue
+        spec = dep["spec"]
+        pod = spec["template"]["spec"]
+        plabels = spec["template"]["metadata"]["labels"]
+        where = f"Deployment {name}"
+        if not labels_match(spec["selector"], plabels):
+            fail(f"{where}: selector does not match the pod labels")
+        if component == "reader":
+            if spec.get("replicas") != 1:
+                fail(f"{where}: replicas must be 1 (one binlog reader per source)")
+            if spec.get("strategy", {}).get("type") != "Recreate":
+                fail(f"{where}: strategy must be Recreate (never two readers at once)")
+        else:
+            if spec.get("replicas", 1) < 1 or spec.get("strategy", {}).get("type") == "Recreate":
+                fail(f"{where}: appliers scale out with a rolling update")
+        sc = pod.get("securityContext", {})
+        if not sc.get("runAsNonRoot"):
+            fail(f"{where}: pod must set runAsNonRoot")
+        (c,) = pod["containers"]
+        csc = c.get("securityContext", {})
+        if csc.get("allowPrivilegeEscalation") is not False or not csc.get("readOnlyRootFilesystem") \
+                or "ALL" not in csc.get("capabilities", {}).get("drop", []):
+            fail(f"{where}: container must drop ALL capabilities, no privilege escalation, read-only root")
+        args = c.get("args", [])
+        if len(args) != 3 or args[0] != component or args[1] != "--config":
+            fail(f"{where}: args must be ['{component}', '--config', FILE], not {args}")
+            continue
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                            ("startupProbe", "/healthz")):
+            hg = c.get(probe, {}).get("httpGet", {})
+            if hg.get("path") != path or hg.get("port") not in ports:
+                fail(f"{where}: {probe} must GET {path} on a named container port")
+        res = c.get("resources", {})
+        for k in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(k, {}):
+                    fail(f"{where}: resources.{k}.{r} missing")
+        # Config file: mounted from the ConfigMap, parses, binds the probed port on all addresses.
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        m = mounts.get(args[2])
+        if not m or "configMap" not in vols.get(m["name"], {}):
+            fail(f"{where}: {args[2]} is not mounted from a ConfigMap")
+            continue
+        cm = cms.get(vols[m["name"]]["configMap"]["name"])
+        text = (cm or {}).get("data", {}).get(m.get("subPath", ""))
+        if text is None:
+            fail(f"{where}: ConfigMap key {m.get('subPath')} missing")
+            continue
+        cfg = tomllib.loads(text)
+        bind = cfg.get("telemetry", {}).get("bind", "127.0.0.1:9464")
+        host, _, port = bind.rpartition(":")
+        if host not in ("0.0.0.0", "[::]") or int(port) != ports.get("metrics"):
+            fail(f"{where}: telemetry.bind {bind} must be 0.0.0.0:<metrics containerPort {ports.get('metrics')}>")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        stop_ms = cfg.get("telemetry", {}).get("shutdown_timeout_ms", 10000)
+        if grace * 1000 <= stop_ms:
+            fail(f"{where}: terminationGracePeriodSeconds {grace} must exceed telemetry.shutdown_timeout_ms {stop_ms}")
+        # Every secret file the config names is a key of a mounted Secret.
+        secret_files = {}
+        for mpath, mm in mounts.items():
+            v = vols.get(mm["name"], {})
+            if "secret" in v:
+                sname = v["secret"]["secretName"]
+                for item in v["secret"].get("items", []):
+                    secret_files[os.path.join(mpath, item["path"])] = (sname, item["key"])
+        for section in cfg.values():
+            if isinstance(section, dict) and isinstance(section.get("password"), dict):
+                pw = section["password"]
+                if "file" in pw:
+                    if pw["file"] not in secret_files:
+                        fail(f"{where}: password file {pw['file']} is not a mounted Secret key")
+                    else:
+                        sname, key = secret_files[pw["file"]]
+                        ex = secrets.get(sname)
+                        if ex is None or key not in ex.get("stringData", {}) | ex.get("data", {}):
+                            fail(f"{where}: Secret {sname} (secret.example.yaml) has no key {key}")
+                elif "env" not in pw:
+                    fail(f"{where}: a password is inline in the ConfigMap; use a Secret file")
+            elif isinstance(section, dict) and isinstance(section.get("password"), str):
+                fail(f"{where}: a password is inline in the ConfigMap; use a Secret file")
+        ok(f"{where}: {component}, replicas {spec.get('replicas')}, {spec.get('strategy', {}).get('type')}, "
+           f"probes, resources, grace {grace}s > {stop_ms} ms, config and secrets wired")
+    # PodMonitor selects both pods and names the jobs the alerts use.
+    pms = by_kind.get("PodMonitor", []) + by_kind.get("ServiceMonitor", [])
+    if not pms:
+        fail("no PodMonitor or ServiceMonitor")
+    for fn, pm in pms:
+        spec = pm.get("spec", {})
+        if pm["kind"] != "PodMonitor":
+            continue
+        eps = spec.get("podMetricsEndpoints", [])
+        if not eps:
+            fail(f"{fn}: no podMetricsEndpoints")
+        jobs = set()
+        for name, dep in deployments.items():
+            plabels = dep["spec"]["template"]["metadata"]["labels"]
+            if labels_match(spec.get("selector", {}), plabels):
+                jobs.add(plabels.get(spec.get("jobLabel", ""), f"{pm['metadata']['namespace']}/{pm['metadata']['name']}"))
+                ports = {p["name"] for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+                for ep in eps:
+                    if ep.get("port") not in ports:
+                        fail(f"{fn}: endpoint port {ep.get('port')} not on {name}")
+                    if ep.get("path", "/metrics") != "/metrics":
+                        fail(f"{fn}: path must be /metrics")
+        if jobs != {"cdcsync-reader", "cdcsync-applier"}:
+            fail(f"{fn}: scrape jobs would be {sorted(jobs)}, the alerts expect cdcsync-reader and cdcsync-applier")
+        else:
+            ok(f"{fn}: selects reader and applier pods; jobs cdcsync-reader, cdcsync-applier")
+    prs = by_kind.get("PrometheusRule", [])
+    if len(prs) != 1 or prs[0][1].get("apiVersion") != "monitoring.coreos.com/v1":
+        fail("expected one monitoring.coreos.com/v1 PrometheusRule")
+    else:
+        ok("PrometheusRule present (contents: see the prometheusrule check)")
+    finish("k8s")
+
+
+# ------------------------------------------------------------------ docker compose
+
+COMPOSE_SERVICES = {
+    # service: required image prefix (None: built from the Dockerfile)
+    "mysql": "mysql:8.4",
+    "kafka": "apache/kafka:",
+    "postgres": "postgres:",
+    "prometheus": "prom/prometheus:",
+    "alertmanager": "prom/alertmanager:",
+    "grafana": "grafana/grafana",
+    "reader": None,
+    "applier": None,
+}
+
+
+def cmd_compose(_args):
+    import tomllib
+    print("docker-compose.yml (offline: structure, references, mounts; no Docker engine here)")
+    doc = load_yaml(COMPOSE)
+    services = doc.get("services", {})
+    named_volumes = set((doc.get("volumes") or {}).keys())
+    for name, image in COMPOSE_SERVICES.items():
+        svc = services.get(name)
+        if svc is None:
+            fail(f"service {name} missing")
+            continue
+        if image is None:
+            b = svc.get("build", {})
+            ctx = b.get("context", ".") if isinstance(b, dict) else b
+            df = b.get("dockerfile", "Dockerfile") if isinstance(b, dict) else "Dockerfile"
+            if not b or not os.path.exists(os.path.join(ROOT, ctx, df)):
+                fail(f"{name}: must be built from the repository's Dockerfile")
+        elif not str(svc.get("image", "")).startswith(image):
+            fail(f"{name}: image {svc.get('image')!r} should start with {image!r}")
+    # References: depends_on, bind-mount sources, named volumes.
+    mounts = {}
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        for d in (deps if isinstance(deps, (list, dict)) else []):
+            if d not in services:
+                fail(f"{name}: depends_on unknown service {d}")
+        for v in svc.get("volumes", []):
+            if isinstance(v, dict):
+                src, dst = v.get("source"), v.get("target")
+            else:
+                parts = v.split(":")
+                src, dst = parts[0], parts[1]
+            if src.startswith((".", "/")):
+                path = os.path.normpath(os.path.join(ROOT, src))
+                if not os.path.exists(path):
+                    fail(f"{name}: bind-mount source {src} does not exist")
+                mounts.setdefault(name, {})[dst] = os.path.relpath(path, ROOT)
+            elif src not in named_volumes:
+                fail(f"{name}: volume {src} is not declared under volumes:")
+    # The same rule, config and dashboard files as the rest of deploy/.
+    want = {
+        "prometheus": ["deploy/prometheus/alerts.yml", "deploy/prometheus/prometheus-compose.yml"],
+        "alertmanager": ["deploy/alertmanager/alertmanager.yml"],
+        "grafana": ["deploy/grafana/dashboards", "deploy/grafana/provisioning/datasources",
+                    "deploy/grafana/provisioning/dashboards"],
+    }
+    for name, paths in want.items():
+        have = set(mounts.get(name, {}).values())
+        for p in paths:
+            if p not in have:
+                fail(f"{name}: does not mount {p}")
+    prom = services.get("prometheus", {})
+    pm = mounts.get("prometheus", {})
+    cfg = next((a.split("=", 1)[1] for a in prom.get("command", []) if a.startswith("--config.file=")), None)
+    if cfg is None or pm.get(cfg) != "deploy/prometheus/prometheus-compose.yml":
+        fail("prometheus: --config.file must be the mounted prometheus-compose.yml")
+    elif os.path.join(os.path.dirname(cfg), "alerts.yml") not in pm:
+        fail("prometheus: alerts.yml must be mounted next to its config (rule_files: [alerts.yml])")
+    prov = load_yaml(os.path.join(ROOT, "deploy/grafana/provisioning/dashboards/cdcsync.yml"))
+    dash_path = prov["providers"][0]["options"]["path"]
+    if mounts.get("grafana", {}).get(dash_path) != "deploy/grafana/dashboards":
+        fail(f"grafana: deploy/grafana/dashboards must be mounted at the provider's path {dash_path}")
+    ds = load_yaml(os.path.join(ROOT, "deploy/grafana/provisioning/datasources/cdcsync.yml"))
+    url = ds["datasources"][0]["url"]
+    if not re.match(r"http://prometheus:9090/?$", url):
+        fail(f"grafana datasource url {url} does not point at the prometheus service")
+    # Prometheus scrapes the reader and applier services on their telemetry ports.
+    pc = load_yaml(os.path.join(ROOT, "deploy/prometheus/prometheus-compose.yml"))
+    targets = set()
+    for job in pc["scrape_configs"]:
+        for sc in job.get("static_configs", []):
+            targets |= {(job["job_name"], t) for t in sc["targets"]}
+        for sd in job.get("dns_sd_configs", []):
+            targets |= {(job["job_name"], f"{n}:{sd['port']}") for n in sd["names"]}
+    for name, job in (("reader", "cdcsync-reader"), ("applier", "cdcsync-applier")):
+        svc = services.get(name, {})
+        cmdline = svc.get("command", [])
+        if len(cmdline) < 3 or cmdline[0] != name or cmdline[1] != "--config":
+            fail(f"{name}: command must be [{name}, --config, FILE]")
+            continue
+        src = mounts.get(name, {}).get(cmdline[2])
+        if src is None:
+            fail(f"{name}: config {cmdline[2]} is not mounted")
+            continue
+        with open(os.path.join(ROOT, src), "rb") as f:
+            cfg = tomllib.load(f)
+        env = svc.get("environment", {})
+        bind = env.get("CDCSYNC__TELEMETRY__BIND") or cfg.get("telemetry", {}).get("bind", "127.0.0.1:9464")
+        port = bind.rpartition(":")[2]
+        if not bind.startswith("0.0.0.0:"):
+            fail(f"{name}: telemetry.bind {bind} is not reachable from the prometheus container")
+        if (job, f"{name}:{port}") not in targets:
+            fail(f"{name}: prometheus-compose.yml has no {job} target {name}:{port}")
+        else:
+            ok(f"{name}: {cmdline[2]} from {src}, scraped as {job} at {name}:{port}")
+    ok(f"{len(services)} services; every bind-mount source exists")
+    finish("compose")
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+
+def cmd_dockerfile(_args):
+    print("Dockerfile: multi-stage, small non-root runtime, the cdcsync binary as entrypoint")
+    with open(DOCKERFILE) as f:
+        text = f.read()
+    # Join continuation lines, drop comments.
+    lines = [ln for ln in re.sub(r"\\\n", " ", text).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stages = []
+    for ln in lines:
+        word, _, rest = ln.strip().partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.I)
+            stages.append({"image": m.group(1), "name": m.group(2), "ins": []})
+        elif stages:
+            stages[-1]["ins"].append((word, rest.strip()))
+    if len(stages) < 2:
+        fail("not multi-stage (a build stage and a runtime stage)")
+        finish("dockerfile")
+    build, final = stages[0], stages[-1]
+    if not build["image"].startswith("rust:"):
+        fail(f"build stage should use the rust image, not {build['image']}")
+    if not any(w == "RUN" and "cargo build" in r and "--release" in r and "--locked" in r for w, r in build["ins"]):
+        fail("build stage must run cargo build --release --locked")
+    if not re.match(r"(debian:[a-z]+-slim|gcr\.io/distroless/cc)", final["image"]):
+        fail(f"runtime stage should be debian:*-slim or distroless/cc, not {final['image']}")
+    if any("cargo" in r for _, r in final["ins"]):
+        fail("runtime stage must not contain the toolchain")
+    copies = [r for w, r in final["ins"] if w == "COPY" and r.startswith("--from=")]
+    if not any(build["name"] and f"--from={build['name']}" in r and "cdcsync" in r for r in copies):
+        fail("runtime stage must COPY the cdcsync binary --from the build stage")
+    users = [r for w, r in final["ins"] if w == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        fail("runtime stage must end with a non-root USER")
+    elif not re.fullmatch(r"\d+(:\d+)?", users[-1]):
+        fail("USER should be numeric so that runAsNonRoot can verify it")
+    ep = [r for w, r in final["ins"] if w == "ENTRYPOINT"]
+    if not ep or "cdcsync" not in ep[-1] or not ep[-1].startswith("["):
+        fail("ENTRYPOINT must be the cdcsync binary in exec form")
+    exposed = [r for w, r in final["ins"] if w == "EXPOSE"]
+    if not any("9464" in r for r in exposed):
+        fail("EXPOSE 9464 (telemetry) missing")
+    # The image's user is the one the Kubernetes pods run as.
+    for _, d in k8s_docs():
+        if d.get("kind") == "Deployment":
+            uid = d["spec"]["template"]["spec"].get("securityContext", {}).get("runAsUser")
+            if users and str(uid) != users[-1].split(":")[0]:
+                fail(f"{d['metadata']['name']}: runAsUser {uid} differs from the image's USER {users[-1]}")
+    # .dockerignore keeps target/ and local state out of the build context.
+    di = os.path.join(ROOT, ".dockerignore")
+    if not os.path.exists(di) or not re.search(r"^/?target/?$", open(di).read(), re.M):
+        fail(".dockerignore must exclude target/")
+    if not failures:
+        ok(f"{len(stages)} stages: {build['image']} -> {final['image']}, USER {users[-1]}, {ep[-1]}")
+    finish("dockerfile")
+
+
+# ------------------------------------------------------------------ scrape
+
+
+def exported_names(text):
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            names.add(re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group(0))
+    return names
+
+
+def cmd_scrape(args):
+    print("every metric used by alerts and dashboard is exported by the running binaries")
+    if not args:
+        fail("usage: scrape URL...")
+        finish("scrape")
+    _, hist = documented_metrics()
+    exported = {}
+    for url in args:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError as e:
+            fail(f"cannot scrape {url}: {e}")
+            continue
+        for n in exported_names(text):
+            exported.setdefault(base_name(n, hist), set()).add(url)
+        ok(f"scraped {url}: {len(exported_names(text))} names")
+    used = sorted({base_name(n, hist) for n in used_metrics()} - PROMETHEUS_BUILTIN)
+    for name in used:
+        if name in exported:
+            ok(f"{name} exported by {', '.join(sorted(exported[name]))}")
+        else:
+            fail(f"{name} is used by alerts/dashboard but not exported")
+    finish("scrape")
+
+
+# ------------------------------------------------------------------ self test
+
+
+def cmd_selftest(_args):
+    """The name extraction above must find what it should and nothing else, or the metrics
+    checks would pass vacuously."""
+    print("self-test of the PromQL name extraction")
+    cases = {
+        'sum by (job) (cdcsync_applier_backlog_messages) > 10000': {"cdcsync_applier_backlog_messages"},
+        'up{job="cdcsync-reader"} == 0 or absent(up{job="cdcsync-reader"})': {"up"},
+        'histogram_quantile(0.99, sum by (job, le) (rate(x_bucket{a="b"}[5m]))) > 60': {"x_bucket"},
+        'increase(a_total[15m]) > 0 or (a_total > 0 unless a_total offset 15m)': {"a_total"},
+        'time() - b_seconds > 300 and on (instance) c > 1e3': {"b_seconds", "c"},
+        'sum without (le) (d) + on () group_left (table) e': {"d", "e"},
+        'count(ALERTS{service="cdcsync", alertstate="firing"}) or vector(0)': {"ALERTS"},
+    }
+    for expr, want in cases.items():
+        got = promql_metric_names(expr)
+        if got != want:
+            fail(f"{expr!r}: got {sorted(got)}, want {sorted(want)}")
+        else:
+            ok(f"{expr[:60]!r} -> {sorted(got)}")
+    _, hist = documented_metrics()
+    if base_name("cdcsync_applier_end_to_end_latency_seconds_bucket", hist) != "cdcsync_applier_end_to_end_latency_seconds":
+        fail("histogram suffixes are not mapped to their metric")
+    if base_name("cdcsync_reader_events_total", hist) != "cdcsync_reader_events_total":
+        fail("a counter's name must stay as it is")
+    finish("selftest")
+
+
 if __name__ == "__main__":
     commands = {
         "metrics": cmd_metrics,
@@ -514,11 +1004,14 @@ if __name__ == "__main__":
         "dashboard": cmd_dashboard,
         "prometheusrule": cmd_prometheusrule,
     }
-    try:
-        import opscheck_more  # noqa: F401  (k8s, compose, dockerfile, scrape)
-        commands.update(opscheck_more.COMMANDS)
-    except ImportError:
-        pass
+    commands.update({
+        "k8s": cmd_k8s,
+        "compose": cmd_compose,
+        "dockerfile": cmd_dockerfile,
+        "scrape": cmd_scrape,
+        "config-keys": cmd_config_keys,
+        "selftest": cmd_selftest,
+    })
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         sys.exit(2)
