@@ -574,6 +574,50 @@ def cmd_config_keys(_args):
     finish("config-keys")
 
 
+# ------------------------------------------------------------------ systemd wiring
+
+
+def cmd_systemd_wiring(_args):
+    """The units, their example configs and prometheus.yml agree: ExecStart's --config is the
+    installed config, each secret file is a credential the unit loads, and the scrape targets are
+    the configs' telemetry.bind."""
+    import tomllib
+    print("systemd units, their configs and prometheus.yml agree")
+    prom = load_yaml(os.path.join(ROOT, "deploy/prometheus/prometheus.yml"))
+    targets = {(j["job_name"], t) for j in prom["scrape_configs"] for sc in j.get("static_configs", [])
+               for t in sc["targets"]}
+    for component in ("reader", "applier"):
+        unit_name = f"cdcsync-{component}.service"
+        with open(os.path.join(ROOT, "deploy/systemd", unit_name)) as f:
+            unit = f.read()
+        m = re.search(r"^ExecStart=\S*cdcsync (\S+) --config (\S+)\s*$", unit, re.M)
+        if not m or m.group(1) != component or m.group(2) != f"/etc/cdcsync/{component}.toml":
+            fail(f"{unit_name}: ExecStart must run `cdcsync {component} --config /etc/cdcsync/{component}.toml`")
+            continue
+        creds = dict(re.findall(r"^LoadCredential=([^:\s]+):(\S+)$", unit, re.M))
+        with open(os.path.join(ROOT, "deploy/systemd", f"{component}.toml"), "rb") as f:
+            cfg = tomllib.load(f)
+        for section, values in cfg.items():
+            pw = values.get("password") if isinstance(values, dict) else None
+            if isinstance(pw, str):
+                fail(f"{component}.toml: {section}.password is inline; use the credential file")
+            elif isinstance(pw, dict) and "file" in pw:
+                d, _, cred = pw["file"].rpartition("/")
+                if d != f"/run/credentials/{unit_name}" or cred not in creds:
+                    fail(f"{component}.toml: {section}.password file {pw['file']} is not a credential "
+                         f"{unit_name} loads ({', '.join(creds) or 'none'})")
+        bind = cfg.get("telemetry", {}).get("bind", "127.0.0.1:9464")
+        if (f"cdcsync-{component}", bind) not in targets:
+            fail(f"prometheus.yml has no cdcsync-{component} target {bind} ({component}.toml telemetry.bind)")
+        stop = cfg.get("telemetry", {}).get("shutdown_timeout_ms", 10000)
+        m = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M)
+        if not m or int(m.group(1)) * 1000 <= stop:
+            fail(f"{unit_name}: TimeoutStopSec must exceed telemetry.shutdown_timeout_ms {stop}")
+        if not failures:
+            ok(f"{unit_name}: config, credentials {', '.join(creds)}, scraped at {bind}")
+    finish("systemd-wiring")
+
+
 # ------------------------------------------------------------------ Kubernetes
 
 K8S_VERSION = "1.31.0"
@@ -1021,6 +1065,7 @@ if __name__ == "__main__":
         "dockerfile": cmd_dockerfile,
         "scrape": cmd_scrape,
         "config-keys": cmd_config_keys,
+        "systemd-wiring": cmd_systemd_wiring,
         "selftest": cmd_selftest,
     })
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
