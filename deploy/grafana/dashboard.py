@@ -124,7 +124,7 @@ line([
          f"sum(increase(cdcsync_applier_dead_letters_total{{{SEL_A}}}[$__range]))",
          thresholds=[(1, "red")]),
     stat("Processes up", "Scrape targets that answer, reader and appliers.", "short",
-         f'sum(up{{{SEL_R}}}) + sum(up{{{SEL_A}}})'),
+         'sum(up{job=~"$reader_job|$applier_job"})'),
     stat("Alerts firing", "cdcsync alerts firing now (Prometheus' ALERTS series).", "short",
          'count(ALERTS{service="cdcsync", alertstate="firing"}) or vector(0)',
          thresholds=[(1, "red")]),
