@@ -90,17 +90,30 @@ impl Applier {
         if events.is_empty() {
             return Ok(Applied::default());
         }
-        let runs = self.runs(events).await?;
-        match self.apply_runs(topic, partition, &runs).await {
-            Err(ApplyError::Data(e)) => {
-                tracing::info!(topic, partition, error = %e, "data error in batch; retrying row by row to isolate it");
-                self.apply_row_by_row(topic, partition, &runs).await
+        // A definite error preparing a later run (a table that may not be created or widened)
+        // still lets the earlier runs commit, so the applier stops exactly at the first event it
+        // cannot apply; that event's offset is never stored.
+        let (runs, stop) = self.runs(events).await;
+        if !runs.is_empty() {
+            let applied = match self.apply_runs(topic, partition, &runs).await {
+                Err(ApplyError::Data(e)) => {
+                    tracing::info!(topic, partition, error = %e, "data error in batch; retrying row by row to isolate it");
+                    self.apply_row_by_row(topic, partition, &runs).await
+                }
+                other => other,
+            };
+            if stop.is_none() {
+                return applied;
             }
-            other => other,
+            applied?;
+        }
+        match stop {
+            Some(e) => Err(e),
+            None => Ok(Applied::default()),
         }
     }
 
-    async fn runs<'a>(&self, events: &'a [Prepared]) -> Result<Vec<Run<'a>>, ApplyError> {
+    async fn runs<'a>(&self, events: &'a [Prepared]) -> (Vec<Run<'a>>, Option<ApplyError>) {
         let mut runs: Vec<Run<'a>> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             if let Some(last) = runs.last_mut() {
@@ -111,10 +124,12 @@ impl Applier {
                 }
             }
             let schema = self.warehouse.target_schema(&e.table.db).to_string();
-            let target = self.tables.ensure(&self.pool, &schema, &e.table.table, &e.schema).await?;
-            runs.push(Run { target, label: format!("{}.{}", e.table.db, e.table.table), events: vec![(i, e)] });
+            match self.tables.ensure(&self.pool, &schema, &e.table.table, &e.schema).await {
+                Ok(target) => runs.push(Run { target, label: format!("{}.{}", e.table.db, e.table.table), events: vec![(i, e)] }),
+                Err(err) => return (runs, Some(err)),
+            }
         }
-        Ok(runs)
+        (runs, None)
     }
 
     async fn apply_runs(&self, topic: &str, partition: i32, runs: &[Run<'_>]) -> Result<Applied, ApplyError> {

@@ -102,6 +102,8 @@ impl Context {
             .entry(topic.to_string())
             .or_default()
             .insert(partition, Worker { tx, stop, pending: VecDeque::new(), paused: false });
+        // The dead-letter counter of the topic exists (at 0) from its first assignment on.
+        metrics::DEAD_LETTERS.with_label_values(&[topic]);
         tracing::info!(topic, partition, "partition assigned");
     }
 

@@ -33,11 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_config::{KafkaConfig, WarehouseConfig};
-use cdc_telemetry::{Health, Shutdown};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 
+pub use cdc_telemetry::{render_metrics, Health, Shutdown};
 pub use config::{ApplierConfig, DeleteMode, SchemaEvolution};
 pub use error::{ApplierError, ApplyError};
 

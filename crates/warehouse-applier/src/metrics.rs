@@ -173,12 +173,9 @@ impl BatchApplied<'_> {
                     ROWS_APPLIED.with_label_values(&[table.as_str(), op]).inc_by(c.applied[i]);
                 }
             }
-            if c.duplicates > 0 {
-                DUPLICATES.with_label_values(&[table.as_str()]).inc_by(c.duplicates);
-            }
-            if c.stale > 0 {
-                STALE.with_label_values(&[table.as_str()]).inc_by(c.stale);
-            }
+            // Always touched, so the series exist (at 0) from the table's first batch on.
+            DUPLICATES.with_label_values(&[table.as_str()]).inc_by(c.duplicates);
+            STALE.with_label_values(&[table.as_str()]).inc_by(c.stale);
         }
         tracing::debug!(topic = self.topic, partition = self.partition, size = self.size,
             ms = self.duration.as_millis() as u64, "batch committed");
