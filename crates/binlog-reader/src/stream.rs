@@ -473,6 +473,20 @@ impl State<'_, '_> {
         let ty = h.event_type_raw();
         let end = h.log_pos() as u64;
         let size = h.event_size() as u64;
+        // mysql_async yields a TRANSACTION_PAYLOAD event and then the events decompressed from
+        // it, all with log_pos 0, the last one the commit that closes the payload. When it cannot
+        // parse or decompress a payload it yields nothing after it and reports no error, so an
+        // event with a real position (or another payload) while a payload is open means that
+        // transaction's changes were dropped: stop rather than skip them.
+        if let Some(p) = &self.payload {
+            if end != 0 || ty == TRANSACTION_PAYLOAD {
+                return Err(self.unsupported(
+                    p.pos,
+                    "compressed transaction (TRANSACTION_PAYLOAD) yielded no complete transaction: the client library could not decompress it",
+                    "SET GLOBAL binlog_transaction_compression=OFF on the source, re-snapshot the captured tables with `cdcsync snapshot --table <db.table>`, and report a bug",
+                ));
+            }
+        }
         let inner = self.payload.is_some() && ty != TRANSACTION_PAYLOAD;
         let start = if inner { self.payload.as_ref().map_or(0, |p| p.pos) } else { end.saturating_sub(size) };
         if !inner && end > 0 {
@@ -605,13 +619,15 @@ impl State<'_, '_> {
     }
 
     async fn commit(&mut self, end: u64, ts: u32) -> Result<(), ReaderError> {
+        // A commit always closes an open payload, even one whose transaction was not tracked.
+        let payload = self.payload.take();
         let Some(tx) = self.open.take() else { return Ok(()) };
         match (&tx.gtid, &mut self.gtid) {
             (Some(GtidOfTx::Mariadb { domain, server, seq }), GtidPosition::Mariadb(list)) => list.update(*domain, *server, *seq),
             (Some(GtidOfTx::Mysql { uuid, tag, gno }), GtidPosition::Mysql(set)) => set.add(uuid, tag, *gno),
             _ => {}
         }
-        let pos = match self.payload.take() {
+        let pos = match payload {
             Some(p) => p.end,
             None => end,
         };
