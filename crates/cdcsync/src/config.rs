@@ -15,6 +15,15 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// `[warehouse]`: PostgreSQL (needed by `applier`, `check`, `reconcile`).
     pub warehouse: Option<WarehouseConfig>,
+    /// `[reader]`: binlog reading, event production, checkpoints, snapshots.
+    #[serde(default)]
+    pub reader: binlog_reader::ReaderConfig,
+    /// `[applier]`: consumer group, batching, deletes, schema evolution, dead letters.
+    #[serde(default)]
+    pub applier: warehouse_applier::ApplierConfig,
+    /// `[reconcile]`: chunking, parallelism, rate limit and schedule of reconciliation.
+    #[serde(default)]
+    pub reconcile: reconcile::ReconcileConfig,
     /// `[telemetry]`: logs, metrics endpoint, shutdown bound.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -37,6 +46,9 @@ impl Config {
         if let Some(w) = &self.warehouse {
             w.validate()?;
         }
+        self.reader.validate()?;
+        self.applier.validate()?;
+        self.reconcile.validate()?;
         self.telemetry.validate()
     }
 
@@ -48,6 +60,19 @@ impl Config {
                 format!("`cdcsync {command}` needs a [source] section"),
             )
         })
+    }
+
+    /// The name that prefixes topics when `kafka.topic_prefix` is unset: `source.name`. The
+    /// applier needs no `[source]` section when `kafka.topic_prefix` is set.
+    pub fn topic_source_name(&self) -> Result<&str, ConfigError> {
+        match (&self.source, &self.kafka.topic_prefix) {
+            (Some(s), _) => Ok(&s.name),
+            (None, Some(p)) => Ok(p),
+            (None, None) => Err(ConfigError::invalid(
+                "kafka.topic_prefix",
+                "is needed when there is no [source] section (it names the topics to consume)",
+            )),
+        }
     }
 
     /// The `[warehouse]` section, or an error naming the command that needs it.

@@ -3,6 +3,7 @@
 
 mod check;
 mod config;
+mod daemon;
 mod watch;
 
 use std::process::ExitCode;
@@ -27,8 +28,55 @@ enum Command {
         #[arg(long, short, env = "CDCSYNC_CONFIG")]
         config: String,
     },
+    /// Stream row changes from the source's binlog into Kafka (runs until SIGTERM).
+    Reader {
+        /// The configuration file.
+        #[arg(long, short, env = "CDCSYNC_CONFIG")]
+        config: String,
+    },
+    /// Apply change events from Kafka to the PostgreSQL warehouse (runs until SIGTERM).
+    Applier {
+        /// The configuration file.
+        #[arg(long, short, env = "CDCSYNC_CONFIG")]
+        config: String,
+    },
+    /// Compare source and warehouse; with --repair, re-emit differing rows through Kafka.
+    /// Without --table: the scheduled mode, every `reconcile.interval_secs` (runs until SIGTERM).
+    Reconcile {
+        /// The configuration file.
+        #[arg(long, short, env = "CDCSYNC_CONFIG")]
+        config: String,
+        /// The table to check once, as db.table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Emit fresh change events for every differing key (through Kafka, never directly).
+        #[arg(long)]
+        repair: bool,
+        /// Write the differences as JSON lines to this file.
+        #[arg(long)]
+        report: Option<String>,
+    },
     /// Live view of a running pipeline: rows/s captured and applied, backlog, end-to-end latency.
     Watch(watch::WatchArgs),
+}
+
+impl daemon::Definite for binlog_reader::ReaderError {
+    fn is_definite(&self) -> bool {
+        binlog_reader::ReaderError::is_definite(self)
+    }
+}
+
+impl daemon::Definite for warehouse_applier::ApplierError {
+    /// The applier retries transient failures itself; what reaches the top is definite.
+    fn is_definite(&self) -> bool {
+        true
+    }
+}
+
+impl daemon::Definite for reconcile::ReconcileError {
+    fn is_definite(&self) -> bool {
+        reconcile::ReconcileError::is_definite(self)
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,6 +110,81 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Reader { config } => {
+            let config = Config::load(&config)?;
+            cdc_telemetry::init_tracing(&config.telemetry);
+            let source = config.source("reader")?.clone();
+            let (kafka, reader) = (config.kafka.clone(), config.reader.clone());
+            Ok(daemon::run(
+                &config.telemetry,
+                "reader",
+                move |health, shutdown| async move {
+                    binlog_reader::run(&source, &kafka, &reader, health, shutdown).await
+                },
+            )
+            .await)
+        }
+        Command::Applier { config } => {
+            let config = Config::load(&config)?;
+            cdc_telemetry::init_tracing(&config.telemetry);
+            let warehouse = config.warehouse("applier")?.clone();
+            let name = config.topic_source_name()?.to_string();
+            let (kafka, applier) = (config.kafka.clone(), config.applier.clone());
+            Ok(daemon::run(
+                &config.telemetry,
+                "applier",
+                move |health, shutdown| async move {
+                    warehouse_applier::run(&kafka, &warehouse, &applier, &name, health, shutdown)
+                        .await
+                },
+            )
+            .await)
+        }
+        Command::Reconcile {
+            config,
+            table,
+            repair,
+            report,
+        } => {
+            let config = Config::load(&config)?;
+            cdc_telemetry::init_tracing(&config.telemetry);
+            let source = config.source("reconcile")?.clone();
+            let warehouse = config.warehouse("reconcile")?.clone();
+            let (kafka, mut rc) = (config.kafka.clone(), config.reconcile.clone());
+            match table {
+                Some(table) => {
+                    let report = reconcile::run_once(
+                        &source,
+                        &warehouse,
+                        &kafka,
+                        &rc,
+                        &table,
+                        repair,
+                        report.as_deref(),
+                    )
+                    .await?;
+                    println!("{}", report.summary());
+                    Ok(if report.is_clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    })
+                }
+                None => {
+                    rc.repair |= repair;
+                    Ok(daemon::run(
+                        &config.telemetry,
+                        "reconcile",
+                        move |health, shutdown| async move {
+                            health.set_ready(true);
+                            reconcile::run_scheduled(&source, &warehouse, &kafka, &rc, shutdown)
+                                .await
+                        },
+                    )
+                    .await)
+                }
+            }
         }
         Command::Watch(args) => {
             watch::run(args).await?;
