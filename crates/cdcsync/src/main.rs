@@ -56,6 +56,8 @@ enum Command {
         #[arg(long)]
         report: Option<String>,
     },
+    /// Drive an order workload against the source (inserts, status changes, edits, deletes).
+    Loadgen(cdc_loadgen::cli::LoadgenArgs),
     /// Live view of a running pipeline: rows/s captured and applied, backlog, end-to-end latency.
     Watch(watch::WatchArgs),
 }
@@ -185,6 +187,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await)
                 }
             }
+        }
+        Command::Loadgen(args) => {
+            cdc_loadgen::cli::run(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Watch(args) => {
             watch::run(args).await?;
