@@ -2,7 +2,7 @@
 """Helpers for the live part of scripts/ops-test (real binaries, Prometheus, Alertmanager).
 
     free-ports N                      print N free TCP ports on 127.0.0.1
-    config ROLE OUT KEY=VALUE...      write a cdcsync config for ROLE (reader|applier), built from
+    config ROLE OUT KEY=VALUE...      write a cdcsync config for ROLE (reader|applier|reconcile), from
                                       config/cdcsync.example.toml so every section the binary
                                       requires is present, with KEY=VALUE overrides (dotted keys;
                                       values are TOML literals, e.g. 'source.name="ops1"'; a key
@@ -19,8 +19,8 @@
     sinks WEBHOOK_PORT SMTP_PORT DIR  a webhook receiver (DIR/webhook.jsonl) and an SMTP server
                                       (DIR/mail.txt), both on 127.0.0.1
     wait-alert URL ALERT TIMEOUT      poll Prometheus' /api/v1/alerts until ALERT is firing
-    wait-metric URL EXPR TIMEOUT      poll a /metrics page until the sum of the samples of the
-                                      metric named by EXPR ("name>=N") reaches N
+    wait-metric URL EXPR TIMEOUT      poll a /metrics page until the metric named by EXPR
+                                      ("name>=N") is exported and the sum of its samples is >= N
     wait-file FILE REGEX TIMEOUT      wait until FILE contains REGEX
 """
 
@@ -73,6 +73,7 @@ def toml_value(v):
 ROLE_SECTIONS = {
     "reader": ("source", "kafka", "telemetry", "reader", "snapshot"),
     "applier": ("kafka", "warehouse", "telemetry", "applier"),
+    "reconcile": ("source", "kafka", "warehouse", "telemetry", "reconcile"),
 }
 
 
@@ -139,7 +140,7 @@ def alertmanager_config(out, smtp_port, webhook_url):
 
 def proxy(listen_port, target):
     host, _, port = target.rpartition(":")
-    state = {"up": True, "conns": set()}
+    state = {"up": True, "conns": {}}
 
     async def pipe(reader, writer):
         try:
@@ -162,18 +163,18 @@ def proxy(listen_port, target):
             return
         tasks = {asyncio.ensure_future(pipe(client_r, up_w)),
                  asyncio.ensure_future(pipe(up_r, client_w))}
-        conn = (client_w, up_w, tasks)
-        state["conns"].add(conn)
+        key = id(tasks)
+        state["conns"][key] = (client_w, up_w, tasks)
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in tasks:
             t.cancel()
         client_w.close()
         up_w.close()
-        state["conns"].discard(conn)
+        state["conns"].pop(key, None)
 
     def cut():
         state["up"] = False
-        for client_w, up_w, tasks in list(state["conns"]):
+        for client_w, up_w, tasks in list(state["conns"].values()):
             for t in tasks:
                 t.cancel()
             client_w.close()
@@ -303,8 +304,8 @@ def wait_metric(url, expr, timeout):
     last = None
     while time.time() < deadline:
         try:
-            last, _ = scrape_sum(url, name)
-            if last >= float(n):
+            last, seen = scrape_sum(url, name)
+            if seen and last >= float(n):
                 print(f"{name} = {last:g}")
                 return
         except OSError as e:
