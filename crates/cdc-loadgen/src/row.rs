@@ -83,7 +83,12 @@ pub fn insert_tuple(rng: &mut Rng, id: u64, status: &str) -> String {
         attributes["coupon"] = serde_json::Value::from(*rng.pick(&COUPONS));
     }
     let address = rng.pick(&ADDRESSES).replace("{n}", &rng.range(1, 999).to_string());
-    let note = if rng.chance(0.4) { sql_str(rng.pick(&NOTES)) } else { "NULL".to_owned() };
+    let note = if rng.chance(0.4) {
+        let text: &&str = rng.pick(&NOTES);
+        sql_str(text)
+    } else {
+        "NULL".to_owned()
+    };
     let paid_at = if matches!(status, "pending" | "cancelled") { "NULL" } else { "NOW(6)" };
     format!(
         "({id},{user_id},'{status}',{},{},{},'{currency}',{items},{},{},{note},NOW(6),{paid_at},NOW(6),1)",
