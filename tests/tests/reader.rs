@@ -1,6 +1,8 @@
-//! Reader integration tests on the real stack (MariaDB, Kafka): exact events for every kind of
-//! change and every column type, DDL and rotation mid-stream, the table filter, crash-restart
-//! without loss, and the definite error for a purged binlog.
+//! Reader integration tests on the real stack (MariaDB, MySQL 9, Kafka): exact events for every
+//! kind of change and every column type, DDL and rotation mid-stream, the table filter,
+//! crash-restart without loss, and the definite error for a purged binlog. Every case runs
+//! against both server flavors as two tests, `<case>::mariadb` and `<case>::mysql`; the
+//! MySQL-only cases (compressed transactions, tagged GTIDs, binary JSON) are in `mysql_reader.rs`.
 //!
 //! Each test runs the reader as a child process (`binlog-reader <config>`, the same library code
 //! `cdcsync reader` runs) against its own database, topic prefix and replica `server_id`, so the
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdcsync_tests::{consume_all, split_password, stack, unique_name, Consumed, SourceDb, SourceServer};
+use cdcsync_tests::{consume_all, split_password, stack, unique_name, Consumed, Flavor, SourceDb, SourceServer};
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -228,9 +230,49 @@ async fn admin_exec(db: &SourceDb, sql: &str) {
     db.exec(sql).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter() {
-    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+/// The stack's server of `flavor`; `None` (the test passes without running) only when
+/// `CDCSYNC_TEST_FLAVORS` leaves the flavor out on purpose. A flavor that is merely not running
+/// fails the test: `scripts/stack up` starts both.
+fn server_of(flavor: Flavor) -> Option<SourceServer> {
+    let found = cdcsync_tests::source_servers().into_iter().find(|s| s.flavor == flavor);
+    if found.is_none() && std::env::var("CDCSYNC_TEST_FLAVORS").is_ok_and(|f| !f.is_empty()) {
+        eprintln!("{} left out by CDCSYNC_TEST_FLAVORS", flavor.connector());
+        return None;
+    }
+    Some(found.unwrap_or_else(|| panic!("no {} source in the stack: run `scripts/stack up`", flavor.connector())))
+}
+
+/// Declares, for each `async fn case(server: SourceServer)`, a module `case` with the tests
+/// `mariadb` and `mysql`: the same case against both servers, reported (and filterable) apart.
+macro_rules! per_flavor {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                if let Some(server) = super::server_of(super::Flavor::Mariadb) {
+                    super::$case(server).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                if let Some(server) = super::server_of(super::Flavor::Mysql) {
+                    super::$case(server).await;
+                }
+            }
+        }
+    )*};
+}
+
+per_flavor!(
+    changes_become_exact_events_with_tombstones_pk_changes_and_filter,
+    every_column_type_is_exact,
+    alter_add_column_and_binlog_rotation_mid_stream,
+    crash_restart_loses_nothing_and_repeats_keep_their_ids,
+    purged_binlog_is_a_definite_error,
+);
+
+async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
     admin_exec(
         &db,
         "CREATE TABLE orders (id INT PRIMARY KEY, status VARCHAR(20) NOT NULL, amount DECIMAL(10,2));
@@ -275,13 +317,19 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter() {
     assert_eq!(first["before"], Value::Null);
     assert_eq!(first["after"], json!({"id": 1, "status": "new", "amount": "10.50"}));
     let src = &first["source"];
-    assert_eq!(src["connector"], "mariadb");
+    assert_eq!(src["connector"], server.flavor.connector());
     assert_eq!(src["name"], s.name.as_str());
     assert_eq!(src["db"], db.name.as_str());
     assert_eq!(src["table"], "orders");
     assert_eq!(src["snapshot"], "false");
     assert_eq!(src["row"], 0);
-    assert!(src["gtid"].as_str().unwrap().starts_with("0-1-"), "{src}");
+    let gtid = src["gtid"].as_str().unwrap();
+    match server.flavor {
+        // domain-server-seq of the stack's MariaDB (server_id 1).
+        Flavor::Mariadb => assert!(gtid.starts_with("0-1-"), "{src}"),
+        // uuid:gno of the stack's MySQL.
+        Flavor::Mysql => assert!(gtid.len() > 37 && gtid.as_bytes()[36] == b':', "{src}"),
+    }
     assert!(src["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
     let id = format!("{}:{}:{}:0", s.name, src["file"].as_str().unwrap(), src["pos"]);
     assert_eq!(src["event_id"], id.as_str());
@@ -328,9 +376,8 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter() {
     db.drop_db().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_column_type_is_exact() {
-    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+async fn every_column_type_is_exact(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
     admin_exec(
         &db,
         "CREATE TABLE t (
@@ -413,9 +460,8 @@ async fn every_column_type_is_exact() {
     db.drop_db().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alter_add_column_and_binlog_rotation_mid_stream() {
-    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+async fn alter_add_column_and_binlog_rotation_mid_stream(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
     admin_exec(&db, "CREATE TABLE o (id INT PRIMARY KEY, a VARCHAR(10))").await;
     let s = Setup::new(&db);
     let reader = s.start();
@@ -442,9 +488,8 @@ async fn alter_add_column_and_binlog_rotation_mid_stream() {
 
 /// kill -9 at random moments while a writer commits; afterwards every committed change is in
 /// Kafka, and every repeated message is a byte-identical repeat of one already seen (same id).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_restart_loses_nothing_and_repeats_keep_their_ids() {
-    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+async fn crash_restart_loses_nothing_and_repeats_keep_their_ids(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
     admin_exec(&db, "CREATE TABLE w (id INT PRIMARY KEY, n INT NOT NULL)").await;
     let s = Setup::new(&db);
     let mut reader = s.start();
@@ -510,9 +555,8 @@ async fn crash_restart_loses_nothing_and_repeats_keep_their_ids() {
 
 /// A checkpoint that points into a binlog file the server no longer has (what `PURGE BINARY
 /// LOGS` leaves behind) stops the reader with the definite error, its fix, and exit code 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purged_binlog_is_a_definite_error() {
-    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+async fn purged_binlog_is_a_definite_error(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
     admin_exec(&db, "CREATE TABLE p (id INT PRIMARY KEY)").await;
     let s = Setup::new(&db);
     // A normal run first saves a real checkpoint.
@@ -522,8 +566,12 @@ async fn purged_binlog_is_a_definite_error() {
     assert_eq!(reader.stop(), 0);
     // Replace it with one in a purged file (file/position mode: no GTID).
     let producer = cdcsync_tests::producer();
-    let cp = json!({"flavor": "mariadb", "server_id": 1, "gtid_set": "",
-                    "position": {"file": "mysql-bin.000000", "pos": 4}, "ts_ms": 0});
+    let (file, server_id) = match server.flavor {
+        Flavor::Mariadb => ("mysql-bin.000000", 1),
+        Flavor::Mysql => ("binlog.000000", 2),
+    };
+    let cp = json!({"flavor": server.flavor.connector(), "server_id": server_id, "gtid_set": "",
+                    "position": {"file": file, "pos": 4}, "ts_ms": 0});
     cdcsync_tests::produce(&producer, &format!("{}._checkpoints", s.name), &s.name, Some(&cp.to_string())).await;
     let (dir, path) = cdcsync_tests::write_config(&s.toml());
     let log = dir.path().join("reader.log");
