@@ -316,6 +316,7 @@ def cmd_rule_tests(_args):
                         case = copy.deepcopy(t)
                         case["alert_rule_test"] = [c]
                         case["name"] = f"{fn}: {t.get('name', '?')} @ {c['eval_time']}"
+                        case["_eval"] = doc.get("evaluation_interval", "1m")
                         if c.get("exp_alerts"):
                             fire.append(case)
                         elif parse_duration(c["eval_time"]) > for_s:
@@ -337,13 +338,22 @@ def cmd_rule_tests(_args):
                         r["expr"] = mutated_expr
                 with open(os.path.join(tmp, "alerts.yml"), "w") as f:
                     yaml.safe_dump(doc, f)
-                tf = os.path.join(tmp, "tests", "case.yml")
-                with open(tf, "w") as f:
-                    yaml.safe_dump({"rule_files": ["../alerts.yml"], "evaluation_interval": "15s",
-                                    "tests": cases}, f)
+                # One file per evaluation interval (it is a per-file setting in promtool).
+                by_eval, tfs = {}, []
+                for c in cases:
+                    c = dict(c)
+                    by_eval.setdefault(c.pop("_eval"), []).append(c)
+                for i, (ev, cs) in enumerate(sorted(by_eval.items())):
+                    tf = os.path.join(tmp, "tests", f"case{i}.yml")
+                    with open(tf, "w") as f:
+                        yaml.safe_dump({"rule_files": ["../alerts.yml"], "evaluation_interval": ev,
+                                        "tests": cs}, f)
+                    tfs.append(tf)
                 # The unmutated rules pass these cases: they are single evaluations taken from
                 # the suite, which `promtool test rules` ran in full before this check.
-                rc_mut, _ = promtool_test([tf], tmp)
+                rc_mut, _ = promtool_test(tfs, tmp)
+                for tf in tfs:
+                    os.unlink(tf)
                 if rc_mut == 0:
                     fail(f"{name}: {kind} cases ({len(cases)}) still pass when the rule is "
                          f"replaced by `{mutated_expr}`: they test nothing")
