@@ -123,8 +123,8 @@ line([
          "time range.", "short",
          f"sum(increase(cdcsync_applier_dead_letters_total{{{SEL_A}}}[$__range]))",
          thresholds=[(1, "red")]),
-    stat("Processes up", "Scrape targets that answer, reader and appliers.", "short",
-         'sum(up{job=~"$reader_job|$applier_job"})'),
+    stat("Processes up", "Scrape targets that answer: reader, appliers, reconciliation.", "short",
+         'sum(up{job=~"$reader_job|$applier_job|$reconcile_job"})'),
     stat("Alerts firing", "cdcsync alerts firing now (Prometheus' ALERTS series).", "short",
          'count(ALERTS{service="cdcsync", alertstate="firing"}) or vector(0)',
          thresholds=[(1, "red")]),
@@ -252,10 +252,10 @@ line([
 row("Processes")
 line([
     ts("CPU", "CPU seconds per second used by each process (1 = one core).", "percentunit",
-       (f'rate(process_cpu_seconds_total{{job=~"$reader_job|$applier_job"}}[{RI}])',
+       (f'rate(process_cpu_seconds_total{{job=~"$reader_job|$applier_job|$reconcile_job"}}[{RI}])',
         "{{job}} {{instance}}")),
     ts("Resident memory", "RSS of each process.", "bytes",
-       ('process_resident_memory_bytes{job=~"$reader_job|$applier_job"}',
+       ('process_resident_memory_bytes{job=~"$reader_job|$applier_job|$reconcile_job"}',
         "{{job}} {{instance}}")),
     table("Versions", "cdcsync_build_info of every process.", "short",
           "cdcsync_build_info"),
@@ -291,6 +291,7 @@ dashboard = {
          "hide": 0},
         variable("reader_job", "Reader job", "cdcsync-reader"),
         variable("applier_job", "Applier job", "cdcsync-applier"),
+        variable("reconcile_job", "Reconciliation job", "cdcsync-reconcile"),
     ]},
     "panels": panels,
 }

@@ -169,7 +169,7 @@ def grafana_to_promql(expr):
     names (the job variables become their defaults)."""
     return (expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
             .replace("$__interval", "15s").replace("$reader_job", "cdcsync-reader")
-            .replace("$applier_job", "cdcsync-applier"))
+            .replace("$applier_job", "cdcsync-applier").replace("$reconcile_job", "cdcsync-reconcile"))
 
 
 def used_metrics():
