@@ -29,6 +29,10 @@ pub struct WatchArgs {
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     pub seconds: u64,
+    /// After `--seconds`, keep watching until the pipeline has caught up (nothing captured or
+    /// applied and no backlog for 3 s in a row), at most this many more seconds.
+    #[arg(long, default_value_t = 0)]
+    pub catch_up_seconds: u64,
 }
 
 /// Sum of every sample of each metric family, from the Prometheus text format.
@@ -94,6 +98,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut prev_r = scrape(&args.reader).await.unwrap_or_default();
     let mut prev_a = scrape(&args.applier).await.unwrap_or_default();
     let mut prev_t = Instant::now();
+    let mut quiet_for = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -104,11 +109,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         let secs = prev_t.elapsed().as_secs_f64();
         prev_t = Instant::now();
         let mut line = format!("{:>4}s", start.elapsed().as_secs());
+        let mut busy = false;
         match &r {
             Some(r) => {
+                let captured = rate(r, &prev_r, "cdcsync_reader_events_total", secs);
+                busy |= captured > 0.0;
                 line += &format!(
-                    " | captured {:>7.0} rows/s | reader lag {:>3.0} s",
-                    rate(r, &prev_r, "cdcsync_reader_events_total", secs),
+                    " | captured {captured:>7.0} rows/s | reader lag {:>3.0} s",
                     r.get("cdcsync_reader_lag_seconds").copied().unwrap_or(0.0)
                 );
                 prev_r = r.clone();
@@ -117,13 +124,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
         match &a {
             Some(a) => {
-                line += &format!(
-                    " | applied {:>7.0} rows/s | backlog {:>7.0} msgs",
-                    rate(a, &prev_a, "cdcsync_applier_rows_applied_total", secs),
-                    a.get("cdcsync_applier_backlog_messages")
-                        .copied()
-                        .unwrap_or(0.0)
-                );
+                let applied = rate(a, &prev_a, "cdcsync_applier_rows_applied_total", secs);
+                let backlog = a
+                    .get("cdcsync_applier_backlog_messages")
+                    .copied()
+                    .unwrap_or(0.0);
+                busy |= applied > 0.0 || backlog > 0.0;
+                line += &format!(" | applied {applied:>7.0} rows/s | backlog {backlog:>7.0} msgs");
                 prev_a = a.clone();
             }
             None => line += " | applier: no metrics",
@@ -141,8 +148,22 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             }
         }
         println!("{line}");
-        if args.seconds > 0 && start.elapsed().as_secs() >= args.seconds {
-            return Ok(());
+        quiet_for = if busy { 0 } else { quiet_for + 1 };
+        let elapsed = start.elapsed().as_secs();
+        if args.seconds > 0 && elapsed >= args.seconds {
+            if args.catch_up_seconds == 0 {
+                return Ok(());
+            }
+            if quiet_for >= 3 {
+                println!("caught up: nothing captured or applied and no backlog for 3 s");
+                return Ok(());
+            }
+            if elapsed >= args.seconds + args.catch_up_seconds {
+                anyhow::bail!(
+                    "the pipeline did not catch up within {} s after the workload",
+                    args.catch_up_seconds
+                );
+            }
         }
     }
 }
