@@ -393,7 +393,7 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
         ensured_topics: HashSet::new(),
         open: None,
         ack: AckQueue::default(),
-        last_saved: saved.or(None),
+        last_saved: saved,
         payload: None,
         before: Image::default(),
         after: Image::default(),
@@ -401,9 +401,6 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
         name_json: serde_json::to_string(&r.source.name).unwrap_or_default(),
         last_ts: 0,
     };
-    if let Some(cp) = &st.last_saved {
-        st.last_saved = Some(cp.clone());
-    }
     r.health.set_ready(true);
 
     let idle_limit = r.cfg.heartbeat() * 3 + Duration::from_secs(2);
@@ -517,9 +514,12 @@ impl State<'_, '_> {
                 let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
                 let flags = d[12];
                 self.begin(Some(GtidOfTx::Mariadb { domain, server: h.server_id(), seq }));
-                // FL_STANDALONE (1): a statement without BEGIN/COMMIT (DDL); it ends after the
-                // next QUERY event, as a transaction without BEGIN does.
-                let _ = flags;
+                // MariaDB's GTID event stands in for BEGIN: the group ends at XID or COMMIT,
+                // unless FL_STANDALONE (1) marks a single statement (DDL) that ends after the
+                // next QUERY event.
+                if let Some(o) = self.open.as_mut() {
+                    o.begun = flags & 1 == 0;
+                }
             }
             MARIA_GTID_LIST => {
                 // The GTID state at the start of a binlog file; adopt it when starting by
