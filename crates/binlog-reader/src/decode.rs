@@ -118,12 +118,12 @@ pub fn decode_image(
     Ok(())
 }
 
-fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
-fn write_text(out: &mut Vec<u8>, bytes: &[u8], charset: Charset, pad_to: Option<usize>, col: &Column) -> Result<(), DecodeError> {
+pub(crate) fn write_text(out: &mut Vec<u8>, bytes: &[u8], charset: Charset, pad_to: Option<usize>, col: &Column) -> Result<(), DecodeError> {
     match charset {
         Charset::Utf8 => {
             let s = std::str::from_utf8(bytes).map_err(|e| err(col, format!("invalid UTF-8: {e}")))?;
@@ -148,7 +148,7 @@ fn write_text(out: &mut Vec<u8>, bytes: &[u8], charset: Charset, pad_to: Option<
 }
 
 /// Appends standard base64 (with padding) of `bytes` without an intermediate String.
-fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     let n = base64::encoded_len(bytes.len(), true).unwrap_or(0);
     out.resize(start + n, 0);
@@ -158,7 +158,7 @@ fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
     out.truncate(start + written);
 }
 
-fn frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
+pub(crate) fn frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
     if fsp > 0 {
         let digits = format!("{micros:06}");
         out.push(b'.');
@@ -166,14 +166,14 @@ fn frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
     }
 }
 
-fn write_zero(out: &mut Vec<u8>, zero_dates: ZeroDates, text: &str) {
+pub(crate) fn write_zero(out: &mut Vec<u8>, zero_dates: ZeroDates, text: &str) {
     match zero_dates {
         ZeroDates::Null => out.extend_from_slice(b"null"),
         ZeroDates::String => write_json(out, text),
     }
 }
 
-fn write_datetime(out: &mut Vec<u8>, y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u8, zero_dates: ZeroDates) {
+pub(crate) fn write_datetime(out: &mut Vec<u8>, y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u8, zero_dates: ZeroDates) {
     if y == 0 || mo == 0 || d == 0 {
         let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
         return write_zero(out, zero_dates, &text);
@@ -336,7 +336,7 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
     Ok(())
 }
 
-fn write_timestamp(out: &mut Vec<u8>, sec: i64, usec: u32, fsp: u8, zero_dates: ZeroDates) {
+pub(crate) fn write_timestamp(out: &mut Vec<u8>, sec: i64, usec: u32, fsp: u8, zero_dates: ZeroDates) {
     if sec == 0 && usec == 0 {
         return write_zero(out, zero_dates, "0000-00-00T00:00:00");
     }

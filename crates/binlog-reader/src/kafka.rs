@@ -44,8 +44,14 @@ pub struct TxState {
 }
 
 impl TxState {
-    fn is_done(&self) -> bool {
+    /// Whether every message handed to Kafka under this state was acknowledged or failed.
+    pub fn is_done(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a delivery under this state failed (the snapshot re-reads such a chunk).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 }
 
@@ -317,6 +323,22 @@ impl Sink {
             }
             Ok(Ok(Err(e))) => Err(ReaderError::Kafka(format!("saving the checkpoint: {e}"))),
             _ => Err(ReaderError::Kafka("saving the checkpoint timed out".into())),
+        }
+    }
+
+    /// Saves `value` (or a tombstone) under `key` in the checkpoint topic and waits for Kafka's
+    /// acknowledgement; the snapshot keeps its per-table progress there (`snapshot::progress`).
+    pub async fn save_record(&self, key: &str, value: Option<&[u8]>) -> Result<(), ReaderError> {
+        let (tx, rx) = oneshot::channel();
+        let mut record = BaseRecord::with_opaque_to(&self.checkpoint_topic, Box::new(Opaque::Checkpoint(tx))).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.producer.send(record).map_err(|(e, _)| kerr(e))?;
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(ReaderError::Kafka(format!("saving {key}: {e}"))),
+            _ => Err(ReaderError::Kafka(format!("saving {key} timed out"))),
         }
     }
 
