@@ -88,12 +88,34 @@ impl Running {
     }
 }
 
+/// Waits (bounded) until `topic` exists: the reader creates a table's topic when it first sees
+/// a change of the table, and subscribing before that is an error.
+fn wait_topic(topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack().kafka_bootstrap)
+        .create()
+        .expect("consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        if md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "topic {topic} was not created within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Value messages (tombstones left out) of `topic`, waiting until `expected` messages in all.
 async fn consume(topic: &str, expected: usize) -> Vec<Json> {
     let topic = topic.to_string();
-    let all: Vec<Consumed> = tokio::task::spawn_blocking(move || consume_all(&[&topic], expected, Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let all: Vec<Consumed> = tokio::task::spawn_blocking(move || {
+        wait_topic(&topic);
+        consume_all(&[&topic], expected, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
     assert!(all.len() >= expected, "expected {expected} messages, got {}: {all:#?}", all.len());
     all.iter().filter(|m| m.value.is_some()).map(Consumed::json).collect()
 }
@@ -101,7 +123,10 @@ async fn consume(topic: &str, expected: usize) -> Vec<Json> {
 /// The latest checkpoint of source `name`.
 async fn checkpoint(name: &str) -> Json {
     let topic = format!("{name}._checkpoints");
-    let all = tokio::task::spawn_blocking(move || consume_all(&[&topic], usize::MAX, Duration::from_secs(5)))
+    let all = tokio::task::spawn_blocking(move || {
+        wait_topic(&topic);
+        consume_all(&[&topic], usize::MAX, Duration::from_secs(5))
+    })
         .await
         .unwrap();
     all.iter()
@@ -339,5 +364,43 @@ async fn purged_binlog_is_a_definite_error_that_names_the_fix() {
     assert!(err.is_definite());
     let text = err.to_string();
     assert!(text.contains("purged") && text.contains("cdcsync snapshot"), "{text}");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_partial_json_and_warns_about_compression() {
+    // Changes global settings for a moment: exclusive, and restored before the lock is released.
+    let _exclusive = SERVER.write().await;
+    let server = mysql9();
+    let db = SourceDb::create(&server).await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON)").await;
+    let (source, _, _) = configs(&server, &unique_name("m9pre"), &db.name);
+    let mut admin = db.conn().await;
+    let report = |checks: &binlog_reader::preflight::SourceChecks, name: &str| {
+        checks
+            .reports
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no {name} check in {:?}", checks.reports))
+            .to_string()
+    };
+
+    let clean = binlog_reader::preflight::check_source(&source).await;
+    assert!(!clean.failed(), "{:?}", clean.reports);
+
+    admin.query_drop("SET GLOBAL binlog_row_value_options = 'PARTIAL_JSON'").await.unwrap();
+    admin.query_drop("SET GLOBAL binlog_transaction_compression = ON").await.unwrap();
+    let checks = binlog_reader::preflight::check_source(&source).await;
+    admin.query_drop("SET GLOBAL binlog_row_value_options = ''").await.unwrap();
+    admin.query_drop("SET GLOBAL binlog_transaction_compression = OFF").await.unwrap();
+    drop(admin);
+
+    assert!(checks.failed(), "PARTIAL_JSON must be refused: {:?}", checks.reports);
+    let partial = report(&checks, "binlog_row_value_options");
+    assert!(partial.contains("binlog_row_value_options=''"), "names the fix: {partial}");
+    let compression = report(&checks, "binlog_transaction_compression");
+    assert!(compression.contains("in memory"), "{compression}");
+    let only_failure: Vec<&str> = checks.reports.iter().filter(|r| r.is_failure()).map(|r| r.name.as_str()).collect();
+    assert_eq!(only_failure, ["binlog_row_value_options"], "compression alone is not refused");
     db.drop_db().await;
 }

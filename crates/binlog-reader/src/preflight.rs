@@ -238,12 +238,29 @@ async fn check_binlog_settings(
                 {
                     CheckReport::pass("binlog_transaction_compression", "OFF")
                 } else {
-                    CheckReport::pass(
+                    // Decoded (tests/tests/mysql_reader.rs), but the client library decompresses
+                    // each compressed transaction whole into memory.
+                    CheckReport::warn(
                         "binlog_transaction_compression",
-                        "ON (TRANSACTION_PAYLOAD events are decompressed)",
+                        "ON: compressed transactions are decoded, but each is decompressed whole in memory, so the reader's memory grows by the uncompressed size of the largest transaction",
+                        "SET GLOBAL binlog_transaction_compression=OFF if the source commits very large transactions",
                     )
                 },
             );
+            // PARTIAL_JSON logs JSON updates as diffs (PARTIAL_UPDATE_ROWS events): the full
+            // document after the update is not in the binlog, so the reader would stop there.
+            let value_options = var(conn, "binlog_row_value_options")
+                .await
+                .unwrap_or_default();
+            reports.push(if value_options.is_empty() {
+                CheckReport::pass("binlog_row_value_options", "'' (full JSON images)")
+            } else {
+                CheckReport::fail(
+                    "binlog_row_value_options",
+                    format!("{value_options:?}: JSON updates are logged as partial diffs without the full document"),
+                    "SET GLOBAL binlog_row_value_options='' and remove it from the server config",
+                )
+            });
         }
     }
     let expire_seconds = match var(conn, "binlog_expire_logs_seconds")
