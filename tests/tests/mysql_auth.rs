@@ -68,7 +68,9 @@ async fn create_user() -> TestUser {
         // Long and with characters that must survive the XOR-with-nonce and RSA padding intact.
         password: format!("pw-{suffix:08x}-ünïcødé-🔑-{}", "x".repeat(40)),
     };
-    let mut admin = Conn::new(admin_opts()).await.expect("admin login to MySQL 9");
+    let mut admin = Conn::new(admin_opts())
+        .await
+        .expect("admin login to MySQL 9");
     admin
         .query_drop(format!(
             "CREATE USER '{}'@'127.0.0.1' IDENTIFIED WITH caching_sha2_password BY '{}'",
@@ -113,7 +115,9 @@ async fn login(opts: OptsBuilder) -> Result<(String, String), mysql_async::Error
         .query_first("SELECT plugin FROM mysql.user WHERE CONCAT(user, '@', host) = CURRENT_USER()")
         .await?
         .unwrap_or_default();
-    let tls: Option<(String, String)> = conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_version'").await?;
+    let tls: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        .await?;
     // What the reader's preflight needs from a least-privilege account.
     let status: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOG STATUS").await?;
     assert_eq!(status.len(), 1, "SHOW BINARY LOG STATUS returns one row");
@@ -129,7 +133,10 @@ async fn caching_sha2_full_auth_over_verified_tls() {
     drop_user(&user).await;
     let (plugin, tls) = first.expect("first (full-authentication) login over TLS");
     assert_eq!(plugin, "caching_sha2_password");
-    assert!(tls.starts_with("TLSv1."), "session is encrypted: Ssl_version={tls:?}");
+    assert!(
+        tls.starts_with("TLSv1."),
+        "session is encrypted: Ssl_version={tls:?}"
+    );
     let (_, tls) = second.expect("second (cached, fast-path) login over TLS");
     assert!(tls.starts_with("TLSv1."));
 }
@@ -140,9 +147,13 @@ async fn caching_sha2_full_auth_over_rsa_without_tls() {
     let first = login(user_opts(&user, None)).await;
     let second = login(user_opts(&user, None)).await;
     drop_user(&user).await;
-    let (plugin, tls) = first.expect("first (full-authentication, RSA-encrypted) login without TLS");
+    let (plugin, tls) =
+        first.expect("first (full-authentication, RSA-encrypted) login without TLS");
     assert_eq!(plugin, "caching_sha2_password");
-    assert_eq!(tls, "", "this login must not use TLS, or it would not test the RSA path");
+    assert_eq!(
+        tls, "",
+        "this login must not use TLS, or it would not test the RSA path"
+    );
     second.expect("second (cached, fast-path) login without TLS");
 }
 
@@ -182,7 +193,9 @@ async fn tls_rejects_a_server_certificate_from_another_ca() {
     let user = create_user().await;
     let result = login(user_opts(&user, Some(SslOpts::default()))).await;
     drop_user(&user).await;
-    let err = result.expect_err("TLS with an unknown CA must fail").to_string();
+    let err = result
+        .expect_err("TLS with an unknown CA must fail")
+        .to_string();
     assert!(
         err.contains("UnknownIssuer") || err.to_ascii_lowercase().contains("certificate"),
         "the failure must be certificate verification, got: {err}"

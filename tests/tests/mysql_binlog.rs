@@ -23,7 +23,8 @@ use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder};
 use serde_json::{json, Value as Json};
 
 fn opts(url: Option<&String>) -> OptsBuilder {
-    let url = url.expect("MYSQL9_URL / MYSQL9_ADMIN_URL are not set: run `scripts/stack up mysql9`");
+    let url =
+        url.expect("MYSQL9_URL / MYSQL9_ADMIN_URL are not set: run `scripts/stack up mysql9`");
     OptsBuilder::from_opts(Opts::from_url(url).expect("a mysql:// URL")).prefer_socket(false)
 }
 
@@ -41,24 +42,47 @@ struct Seen {
 /// database and returns every event the CDC user's binlog stream yields for them.
 async fn capture(setup: &str, sql: &[String]) -> (Vec<Seen>, String) {
     let env = cdcsync_tests::stack();
-    let mut admin = Conn::new(opts(env.mysql9_admin_url.as_ref())).await.expect("admin login");
+    let mut admin = Conn::new(opts(env.mysql9_admin_url.as_ref()))
+        .await
+        .expect("admin login");
     let db = cdcsync_tests::unique_name("m9proto");
-    admin.query_drop(format!("CREATE DATABASE {db}")).await.unwrap();
     admin
-        .query_drop(format!("CREATE TABLE {db}.t (id BIGINT PRIMARY KEY, j JSON, s VARCHAR(50)) {setup}"))
+        .query_drop(format!("CREATE DATABASE {db}"))
         .await
         .unwrap();
-    let status: mysql_async::Row = admin.query_first("SHOW BINARY LOG STATUS").await.unwrap().unwrap();
+    admin
+        .query_drop(format!(
+            "CREATE TABLE {db}.t (id BIGINT PRIMARY KEY, j JSON, s VARCHAR(50)) {setup}"
+        ))
+        .await
+        .unwrap();
+    let status: mysql_async::Row = admin
+        .query_first("SHOW BINARY LOG STATUS")
+        .await
+        .unwrap()
+        .unwrap();
     let (file, pos): (String, u64) = (status.get(0).unwrap(), status.get(1).unwrap());
     for stmt in sql {
         admin.query_drop(stmt.replace("{db}", &db)).await.unwrap();
     }
-    let end: mysql_async::Row = admin.query_first("SHOW BINARY LOG STATUS").await.unwrap().unwrap();
+    let end: mysql_async::Row = admin
+        .query_first("SHOW BINARY LOG STATUS")
+        .await
+        .unwrap()
+        .unwrap();
     let end_pos: u64 = end.get(1).unwrap();
-    let gtid_executed: String = admin.query_first("SELECT @@gtid_executed").await.unwrap().unwrap();
+    let gtid_executed: String = admin
+        .query_first("SELECT @@gtid_executed")
+        .await
+        .unwrap()
+        .unwrap();
 
-    let mut conn = Conn::new(opts(env.mysql9_url.as_ref())).await.expect("CDC user login");
-    conn.query_drop("SET @source_heartbeat_period = 200000000").await.unwrap();
+    let mut conn = Conn::new(opts(env.mysql9_url.as_ref()))
+        .await
+        .expect("CDC user login");
+    conn.query_drop("SET @source_heartbeat_period = 200000000")
+        .await
+        .unwrap();
     let mut stream = conn
         .get_binlog_stream(
             BinlogStreamRequest::new(rand::random::<u32>() | 0x4000_0000)
@@ -77,10 +101,19 @@ async fn capture(setup: &str, sql: &[String]) -> (Vec<Seen>, String) {
             .expect("the stream stays open")
             .expect("a well-formed event");
         let h = ev.header();
-        let kind = h.event_type().unwrap_or_else(|t| panic!("unknown event type {t:?}"));
-        let mut s = Seen { kind, log_pos: h.log_pos(), gtid: None, rows: Vec::new() };
+        let kind = h
+            .event_type()
+            .unwrap_or_else(|t| panic!("unknown event type {t:?}"));
+        let mut s = Seen {
+            kind,
+            log_pos: h.log_pos(),
+            gtid: None,
+            rows: Vec::new(),
+        };
         match ev.read_data().expect("event body parses") {
-            Some(EventData::GtidEvent(g)) => s.gtid = Some((g.tag().map(|t| t.to_string()), g.gno())),
+            Some(EventData::GtidEvent(g)) => {
+                s.gtid = Some((g.tag().map(|t| t.to_string()), g.gno()))
+            }
             Some(EventData::RowsEvent(r)) => {
                 let tme = stream.get_tme(r.table_id()).expect("table map before rows");
                 if tme.database_name() == db {
@@ -92,7 +125,9 @@ async fn capture(setup: &str, sql: &[String]) -> (Vec<Seen>, String) {
                             other => panic!("id: {other:?}"),
                         };
                         let j = match after.take(1) {
-                            Some(BinlogValue::Jsonb(v)) => Json::from(v.parse().expect("binary JSON decodes")),
+                            Some(BinlogValue::Jsonb(v)) => {
+                                Json::from(v.parse().expect("binary JSON decodes"))
+                            }
                             other => panic!("j: {other:?}"),
                         };
                         s.rows.push((id, j));
@@ -103,12 +138,19 @@ async fn capture(setup: &str, sql: &[String]) -> (Vec<Seen>, String) {
         }
         if kind == EventType::HEARTBEAT_EVENT {
             // Heartbeats come only once the stream has caught up with the end of the binlog.
-            assert!(u64::from(s.log_pos) >= end_pos || s.log_pos == 0, "heartbeat at {}", s.log_pos);
+            assert!(
+                u64::from(s.log_pos) >= end_pos || s.log_pos == 0,
+                "heartbeat at {}",
+                s.log_pos
+            );
             heartbeats += 1;
         }
         seen.push(s);
     }
-    admin.query_drop(format!("DROP DATABASE {db}")).await.unwrap();
+    admin
+        .query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
     (seen, gtid_executed)
 }
 
@@ -131,15 +173,27 @@ async fn compressed_transactions_arrive_as_payload_events_with_inner_log_pos_zer
         .filter(|(_, s)| s.kind == EventType::TRANSACTION_PAYLOAD_EVENT)
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(payloads.len(), 2, "one payload event per compressed transaction: {seen:#?}");
+    assert_eq!(
+        payloads.len(),
+        2,
+        "one payload event per compressed transaction: {seen:#?}"
+    );
     for &i in &payloads {
         assert!(seen[i].log_pos > 0, "the payload event has a real position");
         // The inner events follow the payload event, end with the commit (XID), and all carry
         // log_pos 0: coordinates must come from the payload event.
-        let inner: Vec<&Seen> = seen[i + 1..].iter().take_while(|s| s.log_pos == 0).collect();
+        let inner: Vec<&Seen> = seen[i + 1..]
+            .iter()
+            .take_while(|s| s.log_pos == 0)
+            .collect();
         assert_eq!(
             inner.iter().map(|s| s.kind).collect::<Vec<_>>(),
-            [EventType::QUERY_EVENT, EventType::TABLE_MAP_EVENT, EventType::WRITE_ROWS_EVENT, EventType::XID_EVENT],
+            [
+                EventType::QUERY_EVENT,
+                EventType::TABLE_MAP_EVENT,
+                EventType::WRITE_ROWS_EVENT,
+                EventType::XID_EVENT
+            ],
             "inner events of the payload at {}",
             seen[i].log_pos
         );
@@ -169,20 +223,38 @@ async fn tagged_gtids_arrive_with_their_tag() {
         gtids,
         vec![
             (EventType::GTID_EVENT, None),
-            (EventType::GTID_TAGGED_LOG_EVENT, Some("cdcsync_t9".to_string())),
+            (
+                EventType::GTID_TAGGED_LOG_EVENT,
+                Some("cdcsync_t9".to_string())
+            ),
         ]
     );
-    assert!(executed.contains(":cdcsync_t9:"), "gtid_executed lists the tag: {executed}");
+    assert!(
+        executed.contains(":cdcsync_t9:"),
+        "gtid_executed lists the tag: {executed}"
+    );
     assert_eq!(rows(&seen), vec![(1, json!(1)), (2, json!(2))]);
 }
 
 #[tokio::test]
 async fn binary_json_decodes_nested_arrays_large_and_unicode_documents() {
     let nested = json!({"a": {"b": {"c": [1, {"d": [true, false, null]}, -2.5, "x"]}}, "e": []});
-    let unicode = json!({"ключ": "значение", "emoji": "🔑🎉", "cjk": "数据库", "esc": "quote\" back\\ nl\n"});
-    let numbers = json!([0, -1, 9223372036854775807_i64, 18446744073709551615_u64, 1.5e300, -0.0001]);
+    let unicode =
+        json!({"ключ": "значение", "emoji": "🔑🎉", "cjk": "数据库", "esc": "quote\" back\\ nl\n"});
+    let numbers = json!([
+        0,
+        -1,
+        9223372036854775807_i64,
+        18446744073709551615_u64,
+        1.5e300,
+        -0.0001
+    ]);
     // Larger than 64 KiB, so MySQL stores it in its "large" binary JSON format (32-bit offsets).
-    let large = Json::Array((0..5000).map(|i| json!({"i": i, "pad": "p".repeat(20)})).collect());
+    let large = Json::Array(
+        (0..5000)
+            .map(|i| json!({"i": i, "pad": "p".repeat(20)}))
+            .collect(),
+    );
     let docs = [nested, unicode, numbers, large];
     let sql: Vec<String> = docs
         .iter()

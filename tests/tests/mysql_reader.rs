@@ -15,7 +15,9 @@ use std::time::Duration;
 use binlog_reader::{ReaderConfig, ReaderError};
 use cdc_config::{KafkaConfig, SourceConfig};
 use cdc_telemetry::{Health, Shutdown};
-use cdcsync_tests::{consume_all, source_servers, stack, unique_name, Consumed, Flavor, SourceDb, SourceServer};
+use cdcsync_tests::{
+    consume_all, source_servers, stack, unique_name, Consumed, Flavor, SourceDb, SourceServer,
+};
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Value as Json};
 use tokio::sync::RwLock;
@@ -38,7 +40,11 @@ struct Running {
 
 /// The reader's configuration for one test: source `name` (also the topic prefix), capturing
 /// `db.*`, one partition so that the consumed order is the produced order.
-fn configs(server: &SourceServer, name: &str, db: &str) -> (SourceConfig, KafkaConfig, ReaderConfig) {
+fn configs(
+    server: &SourceServer,
+    name: &str,
+    db: &str,
+) -> (SourceConfig, KafkaConfig, ReaderConfig) {
     let source: SourceConfig = serde_json::from_value(json!({
         "name": name,
         "url": server.url,
@@ -65,12 +71,21 @@ async fn start(server: &SourceServer, name: &str, db: &str) -> Running {
     let health = Health::new();
     let task = {
         let (shutdown, health) = (shutdown.clone(), health.clone());
-        tokio::spawn(async move { binlog_reader::run(&source, &kafka, &reader, health, shutdown).await })
+        tokio::spawn(
+            async move { binlog_reader::run(&source, &kafka, &reader, health, shutdown).await },
+        )
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !health.is_ready() {
-        assert!(!task.is_finished(), "the reader stopped before streaming: {:?}", task.await);
-        assert!(tokio::time::Instant::now() < deadline, "the reader did not start streaming within 60 s");
+        assert!(
+            !task.is_finished(),
+            "the reader stopped before streaming: {:?}",
+            task.await
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader did not start streaming within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Running { shutdown, task }
@@ -98,11 +113,20 @@ fn wait_topic(topic: &str) {
         .expect("consumer");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-        if md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()) {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        if md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "topic {topic} was not created within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic {topic} was not created within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -116,8 +140,15 @@ async fn consume(topic: &str, expected: usize) -> Vec<Json> {
     })
     .await
     .unwrap();
-    assert!(all.len() >= expected, "expected {expected} messages, got {}: {all:#?}", all.len());
-    all.iter().filter(|m| m.value.is_some()).map(Consumed::json).collect()
+    assert!(
+        all.len() >= expected,
+        "expected {expected} messages, got {}: {all:#?}",
+        all.len()
+    );
+    all.iter()
+        .filter(|m| m.value.is_some())
+        .map(Consumed::json)
+        .collect()
 }
 
 /// The latest checkpoint of source `name`.
@@ -127,8 +158,8 @@ async fn checkpoint(name: &str) -> Json {
         wait_topic(&topic);
         consume_all(&[&topic], usize::MAX, Duration::from_secs(5))
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     all.iter()
         .rev()
         .find(|m| m.key.as_deref() == Some(name) && m.value.is_some())
@@ -146,10 +177,20 @@ fn assert_ids_and_versions(events: &[Json]) {
     let mut ids = std::collections::HashSet::new();
     let mut last: u128 = 0;
     for ev in events {
-        let id = ev["source"]["event_id"].as_str().expect("event_id").to_string();
+        let id = ev["source"]["event_id"]
+            .as_str()
+            .expect("event_id")
+            .to_string();
         assert!(ids.insert(id.clone()), "duplicate event id {id}");
-        let v: u128 = ev["source"]["cdc_version"].as_str().expect("cdc_version").parse().expect("numeric version");
-        assert!(v > last, "version {v} of {id} is not above the previous {last}");
+        let v: u128 = ev["source"]["cdc_version"]
+            .as_str()
+            .expect("cdc_version")
+            .parse()
+            .expect("numeric version");
+        assert!(
+            v > last,
+            "version {v} of {id} is not above the previous {last}"
+        );
         last = v;
     }
 }
@@ -159,13 +200,18 @@ async fn compressed_transactions_are_decoded_with_distinct_ids() {
     let _shared = SERVER.read().await;
     let server = mysql9();
     let db = SourceDb::create(&server).await;
-    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON, s VARCHAR(50))").await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON, s VARCHAR(50))")
+        .await;
     let name = unique_name("m9zstd");
     let reader = start(&server, &name, &db.name).await;
 
     let mut c = db.conn().await;
-    c.query_drop("INSERT INTO t VALUES (1, '[1]', 'plain'), (2, '[2]', 'plain')").await.unwrap();
-    c.query_drop("SET SESSION binlog_transaction_compression = ON").await.unwrap();
+    c.query_drop("INSERT INTO t VALUES (1, '[1]', 'plain'), (2, '[2]', 'plain')")
+        .await
+        .unwrap();
+    c.query_drop("SET SESSION binlog_transaction_compression = ON")
+        .await
+        .unwrap();
     // One compressed transaction with several rows events of every kind ...
     c.query_drop(
         "BEGIN; INSERT INTO t VALUES (3, '{\"k\":3}', 'z'), (4, '{\"k\":4}', 'z'), (5, 'null', 'z');
@@ -174,11 +220,18 @@ async fn compressed_transactions_are_decoded_with_distinct_ids() {
     .await
     .unwrap();
     // ... and a second one, so that two payloads must get different coordinates.
-    c.query_drop(&*format!("INSERT INTO t VALUES (6, '{}', 'big')", json!({"pad": "x".repeat(100_000)})))
+    c.query_drop(&*format!(
+        "INSERT INTO t VALUES (6, '{}', 'big')",
+        json!({"pad": "x".repeat(100_000)})
+    ))
+    .await
+    .unwrap();
+    c.query_drop("SET SESSION binlog_transaction_compression = OFF")
         .await
         .unwrap();
-    c.query_drop("SET SESSION binlog_transaction_compression = OFF").await.unwrap();
-    c.query_drop("INSERT INTO t VALUES (7, '[7]', 'plain')").await.unwrap();
+    c.query_drop("INSERT INTO t VALUES (7, '[7]', 'plain')")
+        .await
+        .unwrap();
     drop(c);
 
     // 2 + (3 + 1 + 1 and its tombstone) + 1 + 1 messages.
@@ -186,27 +239,60 @@ async fn compressed_transactions_are_decoded_with_distinct_ids() {
     reader.stop().await;
     let ops: Vec<(String, Json)> = events
         .iter()
-        .map(|e| (e["op"].as_str().unwrap().to_string(), if e["op"] == "d" { e["before"]["id"].clone() } else { after(e)["id"].clone() }))
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                if e["op"] == "d" {
+                    e["before"]["id"].clone()
+                } else {
+                    after(e)["id"].clone()
+                },
+            )
+        })
         .collect();
     assert_eq!(
         ops,
-        [("c", 1), ("c", 2), ("c", 3), ("c", 4), ("c", 5), ("u", 1), ("d", 2), ("c", 6), ("c", 7)]
-            .map(|(o, i)| (o.to_string(), json!(i)))
+        [
+            ("c", 1),
+            ("c", 2),
+            ("c", 3),
+            ("c", 4),
+            ("c", 5),
+            ("u", 1),
+            ("d", 2),
+            ("c", 6),
+            ("c", 7)
+        ]
+        .map(|(o, i)| (o.to_string(), json!(i)))
     );
     assert_eq!(after(&events[2])["j"], json!({"k": 3}));
     assert_eq!(after(&events[4])["j"], Json::Null);
     assert_eq!(events[5]["before"]["s"], "plain");
     assert_eq!(after(&events[5])["s"], "z2");
-    assert_eq!(after(&events[7])["j"]["pad"].as_str().map(str::len), Some(100_000));
+    assert_eq!(
+        after(&events[7])["j"]["pad"].as_str().map(str::len),
+        Some(100_000)
+    );
     assert_ids_and_versions(&events);
     // All rows of one compressed transaction share the payload's position and are numbered
     // across its rows events.
     let payload: Vec<(u64, u64)> = events[2..7]
         .iter()
-        .map(|e| (e["source"]["pos"].as_u64().unwrap(), e["source"]["row"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["source"]["pos"].as_u64().unwrap(),
+                e["source"]["row"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert!(payload.iter().all(|(p, _)| *p == payload[0].0), "one position per payload: {payload:?}");
-    assert_eq!(payload.iter().map(|(_, r)| *r).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert!(
+        payload.iter().all(|(p, _)| *p == payload[0].0),
+        "one position per payload: {payload:?}"
+    );
+    assert_eq!(
+        payload.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
     assert_ne!(events[7]["source"]["pos"], events[2]["source"]["pos"]);
     db.drop_db().await;
 }
@@ -216,7 +302,8 @@ async fn gtid_resume_with_tagged_gtids_loses_and_repeats_nothing() {
     let _shared = SERVER.read().await;
     let server = mysql9();
     let db = SourceDb::create(&server).await;
-    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, note VARCHAR(20))").await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, note VARCHAR(20))")
+        .await;
     let name = unique_name("m9gtid");
     let topic = format!("{name}.{}.t", db.name);
     let tag_a = format!("cdcsync_a{:x}", rand::random::<u16>());
@@ -226,11 +313,16 @@ async fn gtid_resume_with_tagged_gtids_loses_and_repeats_nothing() {
         async move {
             let mut c = db.conn().await;
             if let Some(tag) = &tag {
-                c.query_drop(format!("SET gtid_next = 'AUTOMATIC:{tag}'")).await.unwrap();
+                c.query_drop(format!("SET gtid_next = 'AUTOMATIC:{tag}'"))
+                    .await
+                    .unwrap();
             }
-            c.query_drop(format!("INSERT INTO t VALUES ({id}, '{}')", tag.as_deref().unwrap_or("untagged")))
-                .await
-                .unwrap();
+            c.query_drop(format!(
+                "INSERT INTO t VALUES ({id}, '{}')",
+                tag.as_deref().unwrap_or("untagged")
+            ))
+            .await
+            .unwrap();
         }
     };
 
@@ -241,7 +333,10 @@ async fn gtid_resume_with_tagged_gtids_loses_and_repeats_nothing() {
     reader.stop().await;
     let cp = checkpoint(&name).await;
     let gtid_set = cp["gtid_set"].as_str().expect("gtid_set").to_string();
-    assert!(gtid_set.contains(&format!(":{tag_a}:")), "the checkpoint carries the tagged GTID: {gtid_set}");
+    assert!(
+        gtid_set.contains(&format!(":{tag_a}:")),
+        "the checkpoint carries the tagged GTID: {gtid_set}"
+    );
     assert_eq!(cp["flavor"], "mysql");
 
     // Written while the reader is down: must all arrive after the restart, none twice.
@@ -253,13 +348,23 @@ async fn gtid_resume_with_tagged_gtids_loses_and_repeats_nothing() {
     let events = consume(&topic, 6).await;
     reader.stop().await;
     let ids: Vec<Json> = events.iter().map(|e| after(e)["id"].clone()).collect();
-    assert_eq!(ids, (1..=6).map(|i| json!(i)).collect::<Vec<_>>(), "every change exactly once, in order");
-    let gtids: Vec<&str> = events.iter().map(|e| e["source"]["gtid"].as_str().expect("source.gtid")).collect();
+    assert_eq!(
+        ids,
+        (1..=6).map(|i| json!(i)).collect::<Vec<_>>(),
+        "every change exactly once, in order"
+    );
+    let gtids: Vec<&str> = events
+        .iter()
+        .map(|e| e["source"]["gtid"].as_str().expect("source.gtid"))
+        .collect();
     assert!(gtids[1].contains(&format!(":{tag_a}:")), "{gtids:?}");
     assert!(gtids[2].contains(&format!(":{tag_b}:")), "{gtids:?}");
     assert!(!gtids[3].contains("cdcsync_"), "{gtids:?}");
     assert_ids_and_versions(&events);
-    let gtid_set = checkpoint(&name).await["gtid_set"].as_str().unwrap().to_string();
+    let gtid_set = checkpoint(&name).await["gtid_set"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(gtid_set.contains(&format!(":{tag_b}:")), "{gtid_set}");
     db.drop_db().await;
 }
@@ -269,26 +374,46 @@ async fn binary_json_documents_arrive_exactly() {
     let _shared = SERVER.read().await;
     let server = mysql9();
     let db = SourceDb::create(&server).await;
-    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON)").await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON)")
+        .await;
     let name = unique_name("m9json");
     let reader = start(&server, &name, &db.name).await;
     let docs = [
         json!({"a": {"b": {"c": [1, {"d": [true, false, null]}, -2.5, "x"]}}, "e": [], "f": {}}),
         json!([[], [[]], [1, [2, [3, [4]]]], {"k": [{"l": "m"}]}]),
         json!({"ключ": "значение", "emoji": "🔑🎉", "cjk": "数据库", "esc": "quote\" back\\ nl\n tab\t"}),
-        json!([0, -1, 9223372036854775807_i64, -9223372036854775808_i64, 18446744073709551615_u64, 1.5e300, -0.0001]),
+        json!([
+            0,
+            -1,
+            9223372036854775807_i64,
+            -9223372036854775808_i64,
+            18446744073709551615_u64,
+            1.5e300,
+            -0.0001
+        ]),
         json!("a bare string"),
         json!(42),
         // Over 64 KiB: MySQL's "large" binary JSON layout with 32-bit offsets.
-        Json::Array((0..4000).map(|i| json!({"i": i, "name": format!("élément {i}")})).collect()),
+        Json::Array(
+            (0..4000)
+                .map(|i| json!({"i": i, "name": format!("élément {i}")}))
+                .collect(),
+        ),
     ];
     let mut c = db.conn().await;
     for (i, d) in docs.iter().enumerate() {
-        c.exec_drop("INSERT INTO t VALUES (?, CAST(? AS JSON))", (i as u64, d.to_string())).await.unwrap();
+        c.exec_drop(
+            "INSERT INTO t VALUES (?, CAST(? AS JSON))",
+            (i as u64, d.to_string()),
+        )
+        .await
+        .unwrap();
     }
     // A partial-looking update (only a path changes) still carries the full document, because
     // binlog_row_value_options is empty on the stack.
-    c.query_drop("UPDATE t SET j = JSON_SET(j, '$.a.b.c[0]', 99) WHERE id = 0").await.unwrap();
+    c.query_drop("UPDATE t SET j = JSON_SET(j, '$.a.b.c[0]', 99) WHERE id = 0")
+        .await
+        .unwrap();
     drop(c);
     let events = consume(&format!("{name}.{}.t", db.name), docs.len() + 1).await;
     reader.stop().await;
@@ -307,19 +432,30 @@ async fn add_column_mid_stream_appears_without_a_restart() {
     let _shared = SERVER.read().await;
     let server = mysql9();
     let db = SourceDb::create(&server).await;
-    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, s VARCHAR(20))").await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, s VARCHAR(20))")
+        .await;
     let name = unique_name("m9ddl");
     let reader = start(&server, &name, &db.name).await;
     db.exec("INSERT INTO t VALUES (1, 'before')").await;
     db.exec("ALTER TABLE t ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'dflt' AFTER id, ADD COLUMN n INT").await;
-    db.exec("INSERT INTO t VALUES (2, 'given', 'after', 7)").await;
+    db.exec("INSERT INTO t VALUES (2, 'given', 'after', 7)")
+        .await;
     db.exec("UPDATE t SET s = 'changed' WHERE id = 1").await;
     let events = consume(&format!("{name}.{}.t", db.name), 3).await;
     reader.stop().await;
     assert_eq!(after(&events[0]), &json!({"id": 1, "s": "before"}));
-    assert_eq!(after(&events[1]), &json!({"id": 2, "note": "given", "s": "after", "n": 7}));
-    assert_eq!(events[2]["before"], json!({"id": 1, "note": "dflt", "s": "before", "n": null}));
-    assert_eq!(after(&events[2]), &json!({"id": 1, "note": "dflt", "s": "changed", "n": null}));
+    assert_eq!(
+        after(&events[1]),
+        &json!({"id": 2, "note": "given", "s": "after", "n": 7})
+    );
+    assert_eq!(
+        events[2]["before"],
+        json!({"id": 1, "note": "dflt", "s": "before", "n": null})
+    );
+    assert_eq!(
+        after(&events[2]),
+        &json!({"id": 1, "note": "dflt", "s": "changed", "n": null})
+    );
     let names: Vec<&str> = events[1]["schema"]["columns"]
         .as_array()
         .expect("schema.columns")
@@ -347,9 +483,15 @@ async fn purged_binlog_is_a_definite_error_that_names_the_fix() {
     db.exec("INSERT INTO t VALUES (2)").await;
     let mut c = db.conn().await;
     c.query_drop("FLUSH BINARY LOGS").await.unwrap();
-    let status: mysql_async::Row = c.query_first("SHOW BINARY LOG STATUS").await.unwrap().unwrap();
+    let status: mysql_async::Row = c
+        .query_first("SHOW BINARY LOG STATUS")
+        .await
+        .unwrap()
+        .unwrap();
     let current: String = status.get(0).unwrap();
-    c.query_drop(format!("PURGE BINARY LOGS TO '{current}'")).await.unwrap();
+    c.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
+        .await
+        .unwrap();
     drop(c);
 
     let (source, kafka, cfg) = configs(&server, &name, &db.name);
@@ -360,10 +502,16 @@ async fn purged_binlog_is_a_definite_error_that_names_the_fix() {
     .await
     .expect("the reader stops by itself instead of retrying");
     let err = result.expect_err("resuming from a purged position must fail");
-    assert!(matches!(err, ReaderError::Purged { .. }), "a purged-binlog error, got {err:?}");
+    assert!(
+        matches!(err, ReaderError::Purged { .. }),
+        "a purged-binlog error, got {err:?}"
+    );
     assert!(err.is_definite());
     let text = err.to_string();
-    assert!(text.contains("purged") && text.contains("cdcsync snapshot"), "{text}");
+    assert!(
+        text.contains("purged") && text.contains("cdcsync snapshot"),
+        "{text}"
+    );
     db.drop_db().await;
 }
 
@@ -373,7 +521,8 @@ async fn preflight_refuses_partial_json_and_warns_about_compression() {
     let _exclusive = SERVER.write().await;
     let server = mysql9();
     let db = SourceDb::create(&server).await;
-    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON)").await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, j JSON)")
+        .await;
     let (source, _, _) = configs(&server, &unique_name("m9pre"), &db.name);
     let mut admin = db.conn().await;
     let report = |checks: &binlog_reader::preflight::SourceChecks, name: &str| {
@@ -388,19 +537,47 @@ async fn preflight_refuses_partial_json_and_warns_about_compression() {
     let clean = binlog_reader::preflight::check_source(&source).await;
     assert!(!clean.failed(), "{:?}", clean.reports);
 
-    admin.query_drop("SET GLOBAL binlog_row_value_options = 'PARTIAL_JSON'").await.unwrap();
-    admin.query_drop("SET GLOBAL binlog_transaction_compression = ON").await.unwrap();
+    admin
+        .query_drop("SET GLOBAL binlog_row_value_options = 'PARTIAL_JSON'")
+        .await
+        .unwrap();
+    admin
+        .query_drop("SET GLOBAL binlog_transaction_compression = ON")
+        .await
+        .unwrap();
     let checks = binlog_reader::preflight::check_source(&source).await;
-    admin.query_drop("SET GLOBAL binlog_row_value_options = ''").await.unwrap();
-    admin.query_drop("SET GLOBAL binlog_transaction_compression = OFF").await.unwrap();
+    admin
+        .query_drop("SET GLOBAL binlog_row_value_options = ''")
+        .await
+        .unwrap();
+    admin
+        .query_drop("SET GLOBAL binlog_transaction_compression = OFF")
+        .await
+        .unwrap();
     drop(admin);
 
-    assert!(checks.failed(), "PARTIAL_JSON must be refused: {:?}", checks.reports);
+    assert!(
+        checks.failed(),
+        "PARTIAL_JSON must be refused: {:?}",
+        checks.reports
+    );
     let partial = report(&checks, "binlog_row_value_options");
-    assert!(partial.contains("binlog_row_value_options=''"), "names the fix: {partial}");
+    assert!(
+        partial.contains("binlog_row_value_options=''"),
+        "names the fix: {partial}"
+    );
     let compression = report(&checks, "binlog_transaction_compression");
     assert!(compression.contains("in memory"), "{compression}");
-    let only_failure: Vec<&str> = checks.reports.iter().filter(|r| r.is_failure()).map(|r| r.name.as_str()).collect();
-    assert_eq!(only_failure, ["binlog_row_value_options"], "compression alone is not refused");
+    let only_failure: Vec<&str> = checks
+        .reports
+        .iter()
+        .filter(|r| r.is_failure())
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        only_failure,
+        ["binlog_row_value_options"],
+        "compression alone is not refused"
+    );
     db.drop_db().await;
 }
