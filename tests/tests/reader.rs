@@ -589,3 +589,22 @@ async fn purged_binlog_is_a_definite_error(server: SourceServer) {
     assert!(text.contains("cdcsync snapshot --table"), "{text}");
     db.drop_db().await;
 }
+
+/// A second reader registering the same `server_id` displaces the first; the displaced one
+/// stops with the definite server_id error instead of fighting for the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_id_clash_is_a_definite_error() {
+    let db = SourceDb::create(&cdcsync_tests::mariadb()).await;
+    admin_exec(&db, "CREATE TABLE c (id INT PRIMARY KEY)").await;
+    let a = Setup::new(&db);
+    let mut b = Setup::new(&db);
+    b.server_id = a.server_id;
+    let first = a.start();
+    let second = b.start();
+    let (code, text) = first.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("server_id clash"), "{text}");
+    assert!(text.contains("source.server_id"), "the message names the setting to fix: {text}");
+    assert_eq!(second.stop(), 0);
+    db.drop_db().await;
+}

@@ -158,12 +158,62 @@ pub(crate) fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
     out.truncate(start + written);
 }
 
+/// Appends `v` as at least `width` decimal digits (the hot path avoids `fmt`).
+pub(crate) fn digits(out: &mut Vec<u8>, v: u64, width: usize) {
+    digits128(out, v as u128, width)
+}
+
+/// [`digits`] for `u128` (versions).
+pub(crate) fn digits128(out: &mut Vec<u8>, mut v: u128, width: usize) {
+    let mut buf = [b'0'; 40];
+    let mut i = buf.len();
+    while v > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let start = i.min(buf.len() - width.min(40));
+    out.extend_from_slice(&buf[start..]);
+}
+
 pub(crate) fn frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
     if fsp > 0 {
-        let digits = format!("{micros:06}");
+        let mut six = Vec::with_capacity(6);
+        digits(&mut six, micros as u64 % 1_000_000, 6);
         out.push(b'.');
-        out.extend_from_slice(&digits.as_bytes()[..fsp.min(6) as usize]);
+        out.extend_from_slice(&six[..fsp.min(6) as usize]);
     }
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS` (opening quote, no closing one).
+#[allow(clippy::too_many_arguments)]
+fn ymdhms(out: &mut Vec<u8>, y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32) {
+    out.push(b'"');
+    digits(out, y as u64, 4);
+    out.push(b'-');
+    digits(out, mo as u64, 2);
+    out.push(b'-');
+    digits(out, d as u64, 2);
+    out.push(b'T');
+    digits(out, h as u64, 2);
+    out.push(b':');
+    digits(out, mi as u64, 2);
+    out.push(b':');
+    digits(out, s as u64, 2);
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
 }
 
 pub(crate) fn write_zero(out: &mut Vec<u8>, zero_dates: ZeroDates, text: &str) {
@@ -178,7 +228,7 @@ pub(crate) fn write_datetime(out: &mut Vec<u8>, y: u16, mo: u8, d: u8, h: u8, mi
         let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
         return write_zero(out, zero_dates, &text);
     }
-    let _ = write!(out, "\"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    ymdhms(out, y as u32, mo as u32, d as u32, h as u32, mi as u32, s as u32);
     frac(out, us, fsp);
     out.push(b'"');
 }
@@ -225,7 +275,13 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
             if y == 0 || m == 0 || d == 0 {
                 write_zero(out, zero_dates, &format!("{y:04}-{m:02}-{d:02}"));
             } else {
-                let _ = write!(out, "\"{y:04}-{m:02}-{d:02}\"");
+                out.push(b'"');
+                digits(out, y as u64, 4);
+                out.push(b'-');
+                digits(out, m as u64, 2);
+                out.push(b'-');
+                digits(out, d as u64, 2);
+                out.push(b'"');
             }
         }
         Kind::DateTime { fsp } => {
@@ -340,14 +396,11 @@ pub(crate) fn write_timestamp(out: &mut Vec<u8>, sec: i64, usec: u32, fsp: u8, z
     if sec == 0 && usec == 0 {
         return write_zero(out, zero_dates, "0000-00-00T00:00:00");
     }
-    match chrono::DateTime::from_timestamp(sec, usec * 1000) {
-        Some(t) => {
-            let _ = write!(out, "\"{}", t.format("%Y-%m-%dT%H:%M:%S"));
-            frac(out, usec, fsp);
-            out.extend_from_slice(b"Z\"");
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    let (days, secs) = (sec.div_euclid(86_400), sec.rem_euclid(86_400) as u32);
+    let (y, m, d) = civil_from_days(days);
+    ymdhms(out, y as u32, m, d, secs / 3600, secs / 60 % 60, secs % 60);
+    frac(out, usec, fsp);
+    out.extend_from_slice(b"Z\"");
 }
 
 #[cfg(test)]
@@ -405,6 +458,21 @@ mod tests {
         let mut out = Vec::new();
         assert!(decode_value(&col(Kind::Blob { prefix: 1, charset: Charset::Utf8 }), &mut ParseBuf(b"\x02\xff\xfe"), ZeroDates::Null, &mut out).is_err());
         assert!(decode_value(&col(Kind::Blob { prefix: 2, charset: Charset::Utf8 }), &mut ParseBuf(b"\x09\x00abc"), ZeroDates::Null, &mut out).is_err(), "short image is an error, not a panic");
+    }
+
+    #[test]
+    fn civil_dates_match_chrono() {
+        for days in [-719_468i64, -1, 0, 59, 365, 10_956, 11_016, 19_000, 24_855, 2_932_896] {
+            let t = chrono::DateTime::from_timestamp(days * 86_400, 0).unwrap();
+            let want = t.format("%Y-%m-%d").to_string();
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(format!("{y:04}-{m:02}-{d:02}"), want, "day {days}");
+        }
+        let mut out = Vec::new();
+        digits(&mut out, 7, 2);
+        digits(&mut out, 0, 4);
+        digits(&mut out, 123_456, 6);
+        assert_eq!(out, b"070000123456");
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub(crate) fn classify_server_error(code: u16, message: &str) -> ReaderError {
         1045 | 1044 | 1227 | 3118 | 1142 => ReaderError::Auth {
             detail: format!("error {code}: {message}"),
         },
+        // MariaDB ER_SLAVE_SAME_ID: another replica registered with our server_id and the
+        // server dropped this connection in its favour.
+        4052 => ReaderError::ServerId { detail: format!("error {code}: {message}") },
         // ER_MASTER_FATAL_ERROR_READING_BINLOG: the message tells which case it is.
         1236 => {
             if m.contains("purged") || m.contains("could not find first log file") || m.contains("could not find gtid state") {
@@ -129,6 +132,7 @@ mod tests {
             (1236, "Cannot replicate because the source purged required binary logs.", "purged", true),
             (1236, "Error: connecting slave requested to start from GTID 0-1-999, which is not in the master's binlog", "gtid_unknown", true),
             (1236, "A slave with the same server_uuid/server_id as this slave has connected to the master", "server_id", true),
+            (4052, "A slave with the same server_uuid/server_id is already connected", "server_id", true),
             (2013, "Lost connection", "transient", false),
         ];
         for (code, msg, kind, definite) in cases {

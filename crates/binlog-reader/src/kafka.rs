@@ -245,7 +245,7 @@ impl Sink {
         topic: &str,
         key: &[u8],
         value: Option<&[u8]>,
-        headers: Option<(&str, &str)>,
+        headers: Option<(&[u8], &[u8])>,
         tx: &Arc<TxState>,
         counter: Option<IntCounter>,
     ) -> Result<(), ReaderError> {

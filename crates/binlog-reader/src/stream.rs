@@ -15,7 +15,6 @@
 //! future types, an incident) stop the session with a definite error naming the position.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +29,7 @@ use mysql_common::io::ParseBuf;
 use prometheus::IntCounter;
 
 use crate::config::{ReaderConfig, StartFrom};
-use crate::decode::{decode_image, Image};
+use crate::decode::{decode_image, digits, digits128, Image};
 use crate::gtid::{format_uuid, GtidPosition, MariadbGtidList, MysqlGtidSet};
 use crate::kafka::{new_tx, AckQueue, Sink, TxState};
 use crate::metrics;
@@ -398,6 +397,8 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
         before: Image::default(),
         after: Image::default(),
         value: Vec::with_capacity(4096),
+        id_buf: Vec::with_capacity(64),
+        ver_buf: Vec::with_capacity(40),
         name_json: serde_json::to_string(&r.source.name).unwrap_or_default(),
         last_ts: 0,
     };
@@ -456,6 +457,8 @@ struct State<'r, 'a> {
     before: Image,
     after: Image,
     value: Vec<u8>,
+    id_buf: Vec<u8>,
+    ver_buf: Vec<u8>,
     name_json: String,
     last_ts: u32,
 }
@@ -571,7 +574,7 @@ impl State<'_, '_> {
                 } else {
                     // DDL (or another statement logged as text): column facts may change.
                     self.info_cache.clear();
-                    tracing::info!(query = %t.chars().take(200).collect::<String>(), "DDL in the binlog; schema caches dropped");
+                    tracing::debug!(query = %t.chars().take(200).collect::<String>(), "DDL in the binlog; schema caches dropped");
                     if self.open.as_ref().is_none_or(|o| !o.begun) {
                         if self.open.is_none() {
                             self.begin(None);
@@ -825,11 +828,23 @@ impl State<'_, '_> {
         counter: &IntCounter,
     ) -> Result<(), ReaderError> {
         self.r.sink.wait_for_room().await?;
-        let event_id = match part {
-            Some(p) => format!("{}:{}:{}:{}:{p}", self.r.source.name, self.file, ctx.pos, ctx.row),
-            None => format!("{}:{}:{}:{}", self.r.source.name, self.file, ctx.pos, ctx.row),
-        };
-        let version = Version::new(self.file_seq, ctx.pos, ctx.row).to_string();
+        // Event id and version go into reusable buffers: this runs once per row.
+        let id = &mut self.id_buf;
+        id.clear();
+        id.extend_from_slice(self.r.source.name.as_bytes());
+        id.push(b':');
+        id.extend_from_slice(self.file.as_bytes());
+        id.push(b':');
+        digits(id, ctx.pos, 1);
+        id.push(b':');
+        digits(id, ctx.row as u64, 1);
+        if let Some(p) = part {
+            id.push(b':');
+            id.push(p as u8);
+        }
+        let ver = &mut self.ver_buf;
+        ver.clear();
+        digits128(ver, Version::new(self.file_seq, ctx.pos, ctx.row).0, 1);
         let v = &mut self.value;
         v.clear();
         v.extend_from_slice(b"{\"before\":");
@@ -842,15 +857,19 @@ impl State<'_, '_> {
             Some(_) => v.extend_from_slice(&self.after.json),
             None => v.extend_from_slice(b"null"),
         }
-        let _ = write!(
-            v,
-            ",\"source\":{{\"version\":\"{CONNECTOR_VERSION}\",\"connector\":\"{}\",\"name\":{},\"ts_ms\":{},\"snapshot\":\"false\",{},\"server_id\":{},\"gtid\":",
-            self.flavor.connector(),
-            self.name_json,
-            ctx.ts_ms,
-            ctx.db_table_json,
-            ctx.server_id,
-        );
+        v.extend_from_slice(b",\"source\":{\"version\":\"");
+        v.extend_from_slice(CONNECTOR_VERSION.as_bytes());
+        v.extend_from_slice(b"\",\"connector\":\"");
+        v.extend_from_slice(self.flavor.connector().as_bytes());
+        v.extend_from_slice(b"\",\"name\":");
+        v.extend_from_slice(self.name_json.as_bytes());
+        v.extend_from_slice(b",\"ts_ms\":");
+        digits(v, ctx.ts_ms as u64, 1);
+        v.extend_from_slice(b",\"snapshot\":\"false\",");
+        v.extend_from_slice(ctx.db_table_json.as_bytes());
+        v.extend_from_slice(b",\"server_id\":");
+        digits(v, ctx.server_id as u64, 1);
+        v.extend_from_slice(b",\"gtid\":");
         match ctx.gtid {
             Some(g) => {
                 let _ = serde_json::to_writer(&mut *v, g);
@@ -859,14 +878,26 @@ impl State<'_, '_> {
         }
         v.extend_from_slice(b",\"file\":");
         let _ = serde_json::to_writer(&mut *v, &self.file);
-        let _ = write!(v, ",\"pos\":{},\"row\":{},\"event_id\":", ctx.pos, ctx.row);
-        let _ = serde_json::to_writer(&mut *v, &event_id);
-        let _ = write!(v, ",\"cdc_version\":\"{version}\"}},\"op\":\"{op}\",\"ts_ms\":{},\"schema\":", now_ms());
+        v.extend_from_slice(b",\"pos\":");
+        digits(v, ctx.pos, 1);
+        v.extend_from_slice(b",\"row\":");
+        digits(v, ctx.row as u64, 1);
+        // Ids are built from the source name (letters, digits, '_', '-') and the file name, so
+        // they need no JSON escaping.
+        v.extend_from_slice(b",\"event_id\":\"");
+        v.extend_from_slice(&self.id_buf);
+        v.extend_from_slice(b"\",\"cdc_version\":\"");
+        v.extend_from_slice(&self.ver_buf);
+        v.extend_from_slice(b"\"},\"op\":\"");
+        v.extend_from_slice(op.as_bytes());
+        v.extend_from_slice(b"\",\"ts_ms\":");
+        digits(v, now_ms() as u64, 1);
+        v.extend_from_slice(b",\"schema\":");
         v.extend_from_slice(ctx.info.schema_json.as_bytes());
         v.push(b'}');
         self.r
             .sink
-            .send(ctx.topic, key, Some(&self.value), Some((&event_id, &version)), tx, Some(counter.clone()))
+            .send(ctx.topic, key, Some(&self.value), Some((&self.id_buf, &self.ver_buf)), tx, Some(counter.clone()))
             .await?;
         if op == "d" && self.r.cfg.tombstones {
             self.r.sink.send(ctx.topic, key, None, None, tx, None).await?;
