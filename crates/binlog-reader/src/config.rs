@@ -61,6 +61,8 @@ pub struct ReaderConfig {
     pub shutdown_timeout_ms: u64,
     /// Checkpoint topic; defaults to `<topic prefix>._checkpoints`.
     pub checkpoint_topic: Option<String>,
+    /// `[reader.snapshot]`: initial and on-demand snapshots (see `snapshot/mod.rs`).
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 /// Default of [`ReaderConfig::max_inflight_bytes`]: 16 MiB, enough to keep batches full at
@@ -96,6 +98,7 @@ impl Default for ReaderConfig {
             reconnect_backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             checkpoint_topic: None,
+            snapshot: crate::snapshot::SnapshotConfig::default(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl ReaderConfig {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
+        self.snapshot.validate()?;
         if self.reconnect_backoff_max_ms < self.reconnect_backoff_initial_ms {
             return Err(ConfigError::invalid(
                 "reader.reconnect_backoff_max_ms",

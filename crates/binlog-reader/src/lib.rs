@@ -15,6 +15,7 @@ pub mod gtid;
 pub mod kafka;
 mod metrics;
 pub mod preflight;
+pub mod snapshot;
 mod stream;
 pub mod table;
 
@@ -55,7 +56,10 @@ async fn run_inner(
     metrics::register();
     let prefix = kafka.prefix(&source.name).to_string();
     let checkpoint_topic = reader.checkpoint_topic(&prefix);
-    let sink = kafka::Sink::new(kafka, reader, checkpoint_topic.clone())?;
+    let sink = std::sync::Arc::new(kafka::Sink::new(kafka, reader, checkpoint_topic.clone())?);
+    // Before the first session: on a first start, the initial snapshot is recorded before the
+    // stream saves its start position (see `snapshot/mod.rs`).
+    let snapshots = snapshot::Snapshots::start(source, kafka, reader, sink.clone(), shutdown.clone()).await?;
     let r = stream::Reader {
         source,
         cfg: reader,
@@ -79,6 +83,11 @@ async fn run_inner(
             Ok(()) => {
                 sink.flush(Duration::from_secs(2));
                 return Ok(());
+            }
+            Err(e) if e.is_definite() && snapshots.recover(&e).await? => {
+                metrics::ReaderErrorEvent { error: &e }.emit();
+                sink.drain(Duration::from_secs(10)).await;
+                sink.reset_errors();
             }
             Err(e) if e.is_definite() => {
                 // Let what was produced be acknowledged; the checkpoint stays where it was.

@@ -1,0 +1,160 @@
+//! Snapshots: a chunked, parallel, resumable copy of whole tables that merges with the live
+//! stream through the applier's version guard, without table locks or long transactions.
+//!
+//! # Why the warehouse converges to the source (the merge argument)
+//!
+//! The applier stores with every row the [`Version`](cdc_event::Version) of the event that last
+//! wrote it and lets an event win only when its version is strictly greater; deletes keep their
+//! version (soft delete or tombstone table). Streamed changes carry the version of their rows
+//! event, `(binlog file, start offset, row index)`, which orders exactly like the binlog.
+//!
+//! A snapshot chunk is read in its own short transaction on MariaDB:
+//!
+//! ```sql
+//! START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;
+//! SHOW STATUS LIKE 'binlog_snapshot_%';          -- file F, position P
+//! SELECT ... WHERE (pk) > (last) ORDER BY pk LIMIT n;
+//! COMMIT;
+//! ```
+//!
+//! MariaDB takes the read view and the binlog coordinates together under the lock that orders
+//! commits (`LOCK_commit_ordered`), so `(F, P)` is *exactly* the boundary of the read view: every
+//! transaction whose events lie before `P` in the binlog is visible to the `SELECT`, and none
+//! after it is. This is the point of the status variable: `SHOW MASTER STATUS` read just before
+//! the `SELECT` is *not* safe, because a transaction is written to the binlog before it commits
+//! in InnoDB (two-phase commit); such a position can lie after a transaction the `SELECT` does
+//! not see yet, and the stale snapshot row would then carry a version above that transaction's
+//! change and overwrite it (a lost update).
+//!
+//! Every row of the chunk gets the version `V = (F, P, 0)`. Every rows event of a transaction
+//! that commits after the read view starts after that transaction's GTID/BEGIN event, which is at
+//! or after `P`, so its version is `> V`; every rows event of a visible transaction lies before
+//! `P`, so its version is `< V`. No streamed event has version `V` itself (position `P` holds a
+//! GTID event, never a rows event). Now take any key `k` of the chunk's key range:
+//!
+//! * `k` exists in the read view with the image produced by the last visible change `c` of `k`
+//!   (version `< V`): the snapshot event writes exactly that image with `V`. Older streamed
+//!   events of `k` lose against `V` whatever order they arrive in; every later change (version
+//!   `> V`) wins against the snapshot whatever order they arrive in, and carries a full row image
+//!   (`binlog_row_image=FULL`). So the row ends in the image of the last change of `k`.
+//! * `k` does not exist in the read view (never inserted, or deleted by a visible change): the
+//!   snapshot emits nothing for `k`; the stream alone decides it, as without a snapshot.
+//!
+//! This needs the stream to deliver every change after `V`: the stream's durable start position
+//! `S0` must be `<= V`. A snapshot therefore waits until the stream has saved a checkpoint (on the
+//! very first start the stream saves its start position before reading) and only then opens
+//! chunk transactions, whose positions are then `>= S0`. Changes between `S0` and `V` are also
+//! streamed; they lose against the snapshot row, which already contains them.
+//!
+//! Keyset chunks partition the key space: a segment is a half-open range of the leading key
+//! column (`(lo, hi]`, the first and last open-ended), and its chunks walk it in key order with
+//! `(pk) > (last)` and `LIMIT n`. Each key belongs to exactly one chunk of one segment, so each
+//! key is covered by exactly one snapshot read (per run), with that chunk's own `V`. Chunks of
+//! different segments (and tables) run concurrently, each with its own `V`; the argument above is
+//! per key, so they need no coordination.
+//!
+//! Repeating a chunk (after a crash, or a failed delivery) is harmless: the same rows at the same
+//! position have the same event ids (`EventId::snapshot` = position + table + key) and the
+//! applier drops them; at a later position they are a newer correct read.
+//!
+//! # Durability and resume
+//!
+//! Per table, progress (the segments and, per segment, the key of the last completed chunk) is
+//! saved in the reader's compacted checkpoint topic under `<source>:snapshot:<db>.<table>`, and
+//! only after Kafka acknowledged every event of that chunk (`acks=all`, idempotent producer). A
+//! `kill -9` loses at most the chunks in flight; the restarted reader continues every unfinished
+//! segment after its saved key.
+//!
+//! # MySQL
+//!
+//! MySQL has no equivalent of `binlog_snapshot_position`; see
+//! `docs/decisions/0002-snapshot-consistency.md`. Snapshots of a MySQL source are refused with a
+//! definite error instead of risking lost updates.
+
+mod encode;
+pub mod metrics;
+pub mod progress;
+mod run;
+mod schema;
+pub mod signal;
+
+use std::collections::BTreeMap;
+
+use cdc_config::ConfigError;
+use serde::Deserialize;
+
+pub use run::{Snapshots, SnapshotError};
+pub use signal::{request_snapshot, signal_topic};
+
+/// When the reader snapshots tables by itself.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Only on demand (`cdcsync snapshot --table ...`). The default, so that a reader that was
+    /// configured before snapshots existed keeps its behaviour; set `initial` for new pipelines.
+    #[default]
+    Never,
+    /// On the first start (no checkpoint for this source): snapshot every included table while
+    /// streaming from the position saved before the first chunk. Unfinished snapshots resume.
+    Initial,
+    /// As `initial`, and also when the checkpoint can no longer be resumed (binlog purged, GTID
+    /// unknown): the checkpoint is reset to the current position and every included table is
+    /// snapshotted again, instead of stopping.
+    WhenNeeded,
+}
+
+/// `[reader.snapshot]`: how tables are copied.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// `never` (default), `initial` or `when_needed`.
+    pub mode: SnapshotMode,
+    /// Rows per chunk (one short transaction and one progress record each).
+    pub chunk_size: u32,
+    /// Chunks read concurrently (each worker holds one source connection).
+    pub workers: usize,
+    /// Key columns for tables without a primary key (`"db.table" = ["col", ...]`); they must
+    /// form a NOT NULL unique key. Without an entry such a table is refused.
+    pub unique_keys: BTreeMap<String, Vec<String>>,
+    /// Show a progress bar per table when stderr is a terminal.
+    pub progress_bars: bool,
+    /// Seconds between progress log lines per running table.
+    pub log_interval_secs: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            mode: SnapshotMode::Never,
+            chunk_size: 10_000,
+            workers: 4,
+            unique_keys: BTreeMap::new(),
+            progress_bars: true,
+            log_interval_secs: 10,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// Checks values that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chunk_size == 0 || self.chunk_size > 1_000_000 {
+            return Err(ConfigError::invalid("reader.snapshot.chunk_size", "must be between 1 and 1000000"));
+        }
+        if self.workers == 0 || self.workers > 64 {
+            return Err(ConfigError::invalid("reader.snapshot.workers", "must be between 1 and 64"));
+        }
+        if self.log_interval_secs == 0 {
+            return Err(ConfigError::invalid("reader.snapshot.log_interval_secs", "must be greater than 0"));
+        }
+        for (t, cols) in &self.unique_keys {
+            if t.split_once('.').is_none() || cols.is_empty() {
+                return Err(ConfigError::invalid(
+                    "reader.snapshot.unique_keys",
+                    format!("{t:?} must be db.table with a non-empty list of columns"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
