@@ -56,6 +56,19 @@ enum Command {
         #[arg(long)]
         report: Option<String>,
     },
+    /// Ask the running reader to snapshot tables while it keeps streaming (via the Kafka control
+    /// topic `<prefix>._signals`); with --wait, wait until they are done.
+    Snapshot {
+        /// The configuration file.
+        #[arg(long, short, env = "CDCSYNC_CONFIG")]
+        config: String,
+        /// A captured table to snapshot, as db.table (repeatable).
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+        /// Wait until every table's snapshot is done (exit 1 if one fails), at most this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
     /// Drive an order workload against the source (inserts, status changes, edits, deletes).
     Loadgen(cdc_loadgen::cli::LoadgenArgs),
     /// Live view of a running pipeline: rows/s captured and applied, backlog, end-to-end latency.
@@ -187,6 +200,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await)
                 }
             }
+        }
+        Command::Snapshot { config, tables, wait } => {
+            let config = Config::load(&config)?;
+            cdc_telemetry::init_tracing(&config.telemetry);
+            let source = config.source("snapshot")?.clone();
+            let (topic, since) = binlog_reader::snapshot::request_snapshot(&source, &config.kafka, &tables).await?;
+            println!("snapshot of {} requested on {topic}", tables.join(", "));
+            if let Some(secs) = wait {
+                let cp_topic = config.reader.checkpoint_topic(config.kafka.prefix(&source.name));
+                let done = binlog_reader::snapshot::wait_for_snapshots(
+                    &config.kafka,
+                    &cp_topic,
+                    &source.name,
+                    &tables,
+                    since,
+                    std::time::Duration::from_secs(secs),
+                )
+                .await?;
+                for p in done {
+                    println!("{}: done, {} rows in {} chunks", p.table, p.rows, p.chunks);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Loadgen(args) => {
             cdc_loadgen::cli::run(args).await?;
