@@ -193,6 +193,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         "reconcile",
                         move |health, shutdown| async move {
                             health.set_ready(true);
+                            // Liveness: the runtime is alive. A run that hangs is caught by the
+                            // CdcsyncReconcileStale alert (last success stops moving).
+                            let beat = shutdown.clone();
+                            tokio::spawn(async move {
+                                while !beat.is_cancelled() {
+                                    health.beat();
+                                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                                }
+                            });
                             reconcile::run_scheduled(&source, &warehouse, &kafka, &rc, shutdown)
                                 .await
                         },

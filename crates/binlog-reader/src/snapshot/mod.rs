@@ -84,7 +84,7 @@ use cdc_config::ConfigError;
 use serde::Deserialize;
 
 pub use run::{Snapshots, SnapshotError};
-pub use signal::{request_snapshot, signal_topic};
+pub use signal::{request_snapshot, signal_topic, wait_for_snapshots};
 
 /// When the reader snapshots tables by itself.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

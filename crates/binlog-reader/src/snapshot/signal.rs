@@ -63,8 +63,9 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), Snapsh
     Ok(())
 }
 
-/// Sends a snapshot request for `tables` to the running reader of `source`; returns the topic.
-pub async fn request_snapshot(source: &SourceConfig, kafka: &KafkaConfig, tables: &[String]) -> Result<String, SnapshotError> {
+/// Sends a snapshot request for `tables` to the running reader of `source`; returns the topic
+/// and the request time (ms), which [`wait_for_snapshots`] takes.
+pub async fn request_snapshot(source: &SourceConfig, kafka: &KafkaConfig, tables: &[String]) -> Result<(String, i64), SnapshotError> {
     let filter = crate::preflight::TableFilter::new(source);
     for t in tables {
         let Some((db, table)) = t.split_once('.') else {
@@ -89,7 +90,46 @@ pub async fn request_snapshot(source: &SourceConfig, kafka: &KafkaConfig, tables
         .send(FutureRecord::to(&topic).key(&source.name).payload(&value), Duration::from_secs(30))
         .await
         .map_err(|(e, _)| SnapshotError::Kafka(format!("sending the snapshot request to {topic}: {e}")))?;
-    Ok(topic)
+    Ok((topic, signal.ts_ms))
+}
+
+/// Waits until every table in `tables` has a snapshot run requested at or after `since_ms` that
+/// is done (`Ok`) or failed (`Err`), reading the progress records; `Err` also on `timeout`.
+pub async fn wait_for_snapshots(
+    kafka: &KafkaConfig,
+    checkpoint_topic: &str,
+    source_name: &str,
+    tables: &[String],
+    since_ms: i64,
+    timeout: Duration,
+) -> Result<Vec<super::progress::TableProgress>, SnapshotError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (k, t, n) = (kafka.clone(), checkpoint_topic.to_string(), source_name.to_string());
+        let all = tokio::task::spawn_blocking(move || super::progress::load_all(&k, &t, &n))
+            .await
+            .map_err(|e| SnapshotError::Kafka(e.to_string()))??;
+        let mut done = Vec::new();
+        for t in tables {
+            match all.get(t) {
+                Some(p) if p.run.parse::<i64>().unwrap_or(0) >= since_ms => match p.state {
+                    super::progress::State::Done => done.push(p.clone()),
+                    super::progress::State::Failed => {
+                        return Err(SnapshotError::Request(format!("snapshot of {t} failed: {}", p.error.clone().unwrap_or_default())));
+                    }
+                    super::progress::State::Running => {}
+                },
+                _ => {}
+            }
+        }
+        if done.len() == tables.len() {
+            return Ok(done);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(SnapshotError::Request(format!("the snapshot did not finish within {timeout:?} (is the reader running?)")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The reader's consumer of the control topic.
