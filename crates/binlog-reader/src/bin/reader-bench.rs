@@ -3,6 +3,8 @@
 //! ```text
 //! reader-bench prepare [rows]   # writes `rows` order inserts (default 1,000,000) into
 //!                               # reader_bench.orders and prints the binlog position before them
+//! reader-bench prepare-one-tx [rows]  # the same rows as ONE transaction (a single
+//!                               # INSERT ... SELECT over MariaDB's seq_1_to_N table)
 //! reader-bench run [rows]       # reads from that position until Kafka acknowledged `rows`
 //!                               # events; prints rows/s and peak RSS of this process
 //! ```
@@ -37,7 +39,7 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn prepare(rows: u64) {
+async fn prepare(rows: u64, one_tx: bool) {
     let admin = mysql_async::Pool::new(env("MYSQL_ADMIN_URL").as_str());
     let mut c = admin.get_conn().await.expect("connect as root");
     c.query_drop(format!(
@@ -55,6 +57,20 @@ async fn prepare(rows: u64) {
     let (file, pos): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
     std::fs::write(state_file(), format!("{gtid}\n{file}\n{pos}\n{rows}\n")).expect("write state");
     let t = Instant::now();
+    if one_tx {
+        c.query_drop(format!(
+            "INSERT INTO orders (id,user_id,status,amount,tax,discount,currency,items,weight_kg,address,note,created_at,paid_at,version)
+             SELECT seq, seq % 50000, ELT(seq % 4 + 1, 'pending','paid','shipped','cancelled'), (seq % 10000) + (seq % 100) / 100,
+                    seq % 1000, IF(seq % 3 = 0, NULL, seq % 20 + 0.5), 'EUR', seq % 9 + 1, (seq % 700) / 10,
+                    CONCAT(seq % 999, ' Main Street, Springfield'), CONCAT('note ', seq), '2026-11-28 09:00:00.123456',
+                    IF(seq % 4 = 0, NULL, NOW(6)), 1
+               FROM seq_1_to_{rows}"
+        ))
+        .await
+        .expect("one big transaction");
+        println!("prepare: wrote {rows} rows in ONE transaction in {:.1} s; start position {file}:{pos} gtid {gtid:?}", t.elapsed().as_secs_f64());
+        return;
+    }
     // Two writers, 1000-row INSERTs (multi-row statements are how the binlog fills fast).
     let per = rows / 2;
     let mut tasks = Vec::new();
@@ -178,10 +194,11 @@ fn main() {
     let rows = args.get(2).and_then(|r| r.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match args.get(1).map(String::as_str) {
-        Some("prepare") => rt.block_on(prepare(rows.unwrap_or(1_000_000))),
+        Some("prepare") => rt.block_on(prepare(rows.unwrap_or(1_000_000), false)),
+        Some("prepare-one-tx") => rt.block_on(prepare(rows.unwrap_or(1_000_000), true)),
         Some("run") => rt.block_on(run(rows)),
         _ => {
-            eprintln!("usage: reader-bench prepare [rows] | run [rows]");
+            eprintln!("usage: reader-bench prepare [rows] | prepare-one-tx [rows] | run [rows]");
             std::process::exit(2);
         }
     }
