@@ -81,16 +81,32 @@ async fn fixture(partitions: i32) -> Fx {
 
 struct Running {
     shutdown: Shutdown,
-    handle: tokio::task::JoinHandle<Result<(), ApplierError>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), ApplierError>>>,
 }
 
 impl Running {
-    async fn stop(self) -> Result<(), ApplierError> {
+    async fn stop(mut self) -> Result<(), ApplierError> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.handle)
+        tokio::time::timeout(Duration::from_secs(30), self.handle.take().unwrap())
             .await
             .expect("applier stops within 30 s")
             .expect("applier task")
+    }
+
+    /// Waits for the applier to stop by itself.
+    async fn join(mut self, timeout: Duration) -> Result<(), ApplierError> {
+        tokio::time::timeout(timeout, self.handle.take().unwrap())
+            .await
+            .expect("applier stops by itself")
+            .expect("applier task")
+    }
+}
+
+impl Drop for Running {
+    /// A failing test must not leave the applier's consumer thread running, or the runtime
+    /// would wait for it forever instead of reporting the failure.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -98,7 +114,7 @@ fn start(fx: &Fx, applier: &ApplierConfig) -> Running {
     let shutdown = Shutdown::new();
     let (k, w, a, s) = (fx.kafka.clone(), fx.warehouse.clone(), applier.clone(), shutdown.clone());
     let handle = tokio::spawn(async move { warehouse_applier::run(&k, &w, &a, "unused", Health::new(), s).await });
-    Running { shutdown, handle }
+    Running { shutdown, handle: Some(handle) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,7 +350,7 @@ async fn warehouse_rows(pool: &sqlx::PgPool, schema: &str, table: &str, select: 
     let sql = format!(
         "SELECT {select}, _cdc_version::text, _cdc_deleted::text, \
          (extract(epoch from _cdc_source_ts) * 1000)::bigint::text, (_cdc_applied_at IS NOT NULL)::text \
-         FROM \"{schema}\".\"{table}\" ORDER BY id"
+         FROM \"{schema}\".\"{table}\" t ORDER BY t.id"
     );
     let rows = sqlx::query(&sql).fetch_all(pool).await?;
     Ok(rows
@@ -431,7 +447,7 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
 
     // A full replay from offset 0 under a new group: nothing changes, not even _cdc_applied_at.
     let applied_at_before: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT _cdc_applied_at::text FROM \"{}\".orders ORDER BY id",
+        "SELECT _cdc_applied_at::text FROM \"{}\".orders t ORDER BY t.id",
         fx.pg.name
     ))
     .fetch_all(&fx.pg.pool)
@@ -442,17 +458,17 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     // Wait until the new group has consumed everything (its lag reaches 0 means committed).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let lag = group_committed(&replay.group_id, &fx.topic, 3);
+        let lag = group_committed(&replay.group_id, &fx.topic, 3).await;
         if lag >= (msgs.len() + 200) as i64 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     run.stop().await.unwrap();
-    assert_eq!(group_committed(&replay.group_id, &fx.topic, 3), (msgs.len() + 200) as i64, "replay consumed everything");
+    assert_eq!(group_committed(&replay.group_id, &fx.topic, 3).await, (msgs.len() + 200) as i64, "replay consumed everything");
     assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(5)).await;
     let applied_at_after: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT _cdc_applied_at::text FROM \"{}\".orders ORDER BY id",
+        "SELECT _cdc_applied_at::text FROM \"{}\".orders t ORDER BY t.id",
         fx.pg.name
     ))
     .fetch_all(&fx.pg.pool)
@@ -462,8 +478,13 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     fx.pg.drop_schema().await;
 }
 
-/// Sum of the committed offsets of `group` over the topic's partitions.
-fn group_committed(group: &str, topic: &str, partitions: i32) -> i64 {
+/// Sum of the committed offsets of `group` over the topic's partitions (-1 on error).
+async fn group_committed(group: &str, topic: &str, partitions: i32) -> i64 {
+    let (g, t) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || group_committed_sync(&g, &t, partitions)).await.unwrap()
+}
+
+fn group_committed_sync(group: &str, topic: &str, partitions: i32) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &stack().kafka_bootstrap)
@@ -474,7 +495,13 @@ fn group_committed(group: &str, topic: &str, partitions: i32) -> i64 {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    let got = match c.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(got) => got,
+        Err(e) => {
+            eprintln!("committed offsets of {group}: {e}");
+            return -1;
+        }
+    };
     got.elements()
         .iter()
         .map(|e| match e.offset() {
@@ -656,7 +683,7 @@ async fn new_column_mid_stream_is_added() {
     produce_all(&fx.producer, &fx.topic, &msgs).await;
     let strict = ApplierConfig { schema_evolution: SchemaEvolution::Fail, batch_max_events: 20, ..fx.applier.clone() };
     let run = start(&fx, &strict);
-    let res = tokio::time::timeout(Duration::from_secs(60), run.handle).await.expect("applier stops by itself").unwrap();
+    let res = run.join(Duration::from_secs(60)).await;
     let err = res.expect_err("schema_evolution = fail must stop the applier").to_string();
     assert!(err.contains("discount") && err.contains("schema_evolution"), "{err}");
     let v1_only: Vec<Vec<Option<String>>> = (1..=20u64)
@@ -769,7 +796,7 @@ async fn two_appliers_in_one_group_one_stopped_mid_run() {
     b.stop().await.unwrap();
     let events = msgs.iter().filter(|m| m.1.is_some()).count() as i64;
     assert_eq!(processed_count(&fx).await, events);
-    assert_eq!(group_committed(&applier.group_id, &fx.topic, 4), msgs.len() as i64, "all offsets committed");
+    assert_eq!(group_committed(&applier.group_id, &fx.topic, 4).await, msgs.len() as i64, "all offsets committed");
     fx.pg.drop_schema().await;
 }
 
