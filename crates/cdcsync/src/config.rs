@@ -85,3 +85,36 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example documents every key; it must load and validate as it is (so it can
+    /// never drift from the structs: unknown keys are errors).
+    #[test]
+    fn example_config_loads_and_validates() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/cdcsync.example.toml"
+        );
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.source("check").unwrap().include_tables,
+            vec!["shop.orders".to_string()]
+        );
+        assert_eq!(config.applier.group_id, "cdcsync-applier");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/cdcsync.example.toml"
+        );
+        std::env::set_var("CDCSYNC__SOURCE__SERVER_ID", "5999");
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        std::env::remove_var("CDCSYNC__SOURCE__SERVER_ID");
+        assert_eq!(config.source("check").unwrap().server_id, 5999);
+    }
+}
