@@ -158,6 +158,24 @@ fn rows(seen: &[Seen]) -> Vec<(i64, Json)> {
     seen.iter().flat_map(|s| s.rows.clone()).collect()
 }
 
+/// Indexes of the transactions (their GTID event) that wrote rows of the test's own database:
+/// the captured range is the server's whole binlog, which holds other tests' transactions too.
+fn own_transactions(seen: &[Seen]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut current = None;
+    for (i, s) in seen.iter().enumerate() {
+        if s.gtid.is_some() {
+            current = Some(i);
+        }
+        if !s.rows.is_empty() {
+            if let Some(g) = current.take() {
+                out.push(g);
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn compressed_transactions_arrive_as_payload_events_with_inner_log_pos_zero() {
     let sql = vec![
@@ -167,12 +185,14 @@ async fn compressed_transactions_arrive_as_payload_events_with_inner_log_pos_zer
         "SET SESSION binlog_transaction_compression = OFF".to_string(),
     ];
     let (seen, _) = capture("", &sql).await;
-    let payloads: Vec<usize> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.kind == EventType::TRANSACTION_PAYLOAD_EVENT)
-        .map(|(i, _)| i)
-        .collect();
+    // The event after each of the test's own GTID events.
+    let payloads: Vec<usize> = own_transactions(&seen).iter().map(|g| g + 1).collect();
+    assert!(
+        payloads
+            .iter()
+            .all(|&i| seen[i].kind == EventType::TRANSACTION_PAYLOAD_EVENT),
+        "each compressed transaction is one payload event after its GTID: {seen:#?}"
+    );
     assert_eq!(
         payloads.len(),
         2,
@@ -214,9 +234,9 @@ async fn tagged_gtids_arrive_with_their_tag() {
         "SET gtid_next = 'AUTOMATIC'".to_string(),
     ];
     let (seen, executed) = capture("", &sql).await;
-    let gtids: Vec<(EventType, Option<String>)> = seen
+    let gtids: Vec<(EventType, Option<String>)> = own_transactions(&seen)
         .iter()
-        .filter_map(|s| s.gtid.as_ref().map(|(tag, _)| (s.kind, tag.clone())))
+        .map(|&i| (seen[i].kind, seen[i].gtid.as_ref().unwrap().0.clone()))
         .collect();
     // The table's CREATE is before the captured range; the two inserts are in it.
     assert_eq!(
