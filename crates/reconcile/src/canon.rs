@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | integers, YEAR | decimal integer | `CAST(c AS CHAR)` (`c+0` for YEAR) | `c::text` |
 //! | DECIMAL(p,s) | exactly `s` fraction digits | `CAST(c AS CHAR)` | `numeric(p,s)::text` |
-//! | FLOAT, DOUBLE | shortest round-trip text | `CAST(c AS CHAR)` | `c::text` |
+//! | FLOAT, DOUBLE | shortest round-trip text of the `f32`/`f64` | Rust: [`canonical_float`] of `CAST(c AS DOUBLE)` | Rust: [`canonical_float`] of `c::text` |
 //! | BIT(n) | unsigned integer | `CAST(CAST(c AS UNSIGNED) AS CHAR)` | `bit` → bigint (+2^64 if negative) |
 //! | DATE | `YYYY-MM-DD`, zero date → NULL | `DATE_FORMAT` | `to_char` |
 //! | DATETIME(n), TIMESTAMP(n) | `YYYY-MM-DDTHH:MM:SS.ffffff`, both sessions in UTC; zero → NULL | `DATE_FORMAT(…%f)` | `to_char(…US)` |
@@ -21,6 +21,10 @@
 //! So a cent in a DECIMAL, a microsecond in a DATETIME(6), one character of text or one byte of
 //! a BLOB changes the canonical text; `12.5` vs `12.50` cannot differ (the column's scale fixes
 //! the digits); a TIMESTAMP is compared as an instant, never in a session zone.
+//!
+//! Floating-point text differs between the servers (`1e300` / `1e+300`, and MariaDB prints a
+//! FLOAT with six digits), so FLOAT and DOUBLE are parsed and printed again in Rust on both
+//! sides: the same bits give the same text.
 //!
 //! JSON cannot be canonicalised in both SQL dialects alike (MariaDB keeps the inserted text,
 //! PostgreSQL reorders keys and reformats). PostgreSQL's `jsonb` output is already canonical
@@ -53,9 +57,8 @@ pub fn my_canonical(c: &str, ty: &ColumnType) -> Option<String> {
     use ColumnType::*;
     let zero_guard = |e: String| format!("CASE WHEN YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 THEN NULL ELSE {e} END");
     Some(match ty {
-        TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Decimal { .. } | Float | Double => {
-            format!("CAST({c} AS CHAR)")
-        }
+        TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Decimal { .. } => format!("CAST({c} AS CHAR)"),
+        Float | Double => format!("CAST({c} AS DOUBLE)"),
         Year => format!("CAST({c}+0 AS CHAR)"),
         Bit { .. } => format!("CAST(CAST({c} AS UNSIGNED) AS CHAR)"),
         Date => zero_guard(format!("DATE_FORMAT({c}, '%Y-%m-%d')")),
@@ -67,6 +70,57 @@ pub fn my_canonical(c: &str, ty: &ColumnType) -> Option<String> {
         Binary | Geometry => format!("HEX({c})"),
         Json => return None,
     })
+}
+
+/// Which columns are canonicalised in Rust rather than in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RustCanon {
+    /// JSON: the source text through [`canonical_json`]; PostgreSQL's `jsonb` text as it is.
+    Json,
+    /// FLOAT: [`canonical_float`] as `f32` on both sides.
+    Float32,
+    /// DOUBLE: [`canonical_float`] as `f64` on both sides.
+    Float64,
+}
+
+impl RustCanon {
+    /// The kind for a source type, if it is canonicalised in Rust.
+    pub fn of(ty: &ColumnType) -> Option<Self> {
+        match ty {
+            ColumnType::Json => Some(RustCanon::Json),
+            ColumnType::Float => Some(RustCanon::Float32),
+            ColumnType::Double => Some(RustCanon::Float64),
+            _ => None,
+        }
+    }
+
+    /// Canonical text of a source value's text.
+    pub fn source(self, text: &str) -> String {
+        match self {
+            RustCanon::Json => canonical_json(text),
+            RustCanon::Float32 => canonical_float(text, true),
+            RustCanon::Float64 => canonical_float(text, false),
+        }
+    }
+
+    /// Canonical text of a warehouse value's text.
+    pub fn warehouse(self, text: &str) -> String {
+        match self {
+            RustCanon::Json => text.to_string(),
+            RustCanon::Float32 => canonical_float(text, true),
+            RustCanon::Float64 => canonical_float(text, false),
+        }
+    }
+}
+
+/// The shortest round-trip text of a floating-point value given in any notation (`1e+300`,
+/// `1e300`, `1.100000023841858` for the FLOAT 1.1); text that is not a number stays as it is.
+pub fn canonical_float(text: &str, single: bool) -> String {
+    match text.trim().parse::<f64>() {
+        Ok(v) if single => format!("{}", v as f32),
+        Ok(v) => format!("{v}"),
+        Err(_) => text.to_string(),
+    }
 }
 
 /// The MySQL expression that fetches a JSON column's text.
@@ -253,7 +307,9 @@ pub fn wire_value(ty: &ColumnType, text: Option<&str>) -> Value {
         }
     };
     match ty {
-        TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Year | Bit { .. } | Float | Double => number(t),
+        TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Year | Bit { .. } | Double => number(t),
+        // The reader writes a FLOAT as the shortest text of the f32.
+        Float => number(&canonical_float(t, true)),
         Decimal { .. } | Date | Time { .. } | Text { .. } | Enum { .. } | Set { .. } => Value::String(t.to_string()),
         DateTime { fsp } => Value::String(cut_fraction(t, *fsp)),
         Timestamp { fsp } => Value::String(format!("{}Z", cut_fraction(t, *fsp))),
@@ -303,6 +359,15 @@ mod tests {
     }
 
     #[test]
+    fn floats_compare_by_value_not_by_server_text() {
+        assert_eq!(canonical_float("1e300", false), canonical_float("1e+300", false));
+        assert_eq!(canonical_float("1e-07", false), canonical_float("0.0000001", false));
+        assert_eq!(canonical_float("1.100000023841858", true), canonical_float("1.1", true));
+        assert_eq!(canonical_float("16777216", true), canonical_float("1.6777216e+07", true));
+        assert_ne!(canonical_float("0.1", false), canonical_float("0.10000000000000002", false));
+    }
+
+    #[test]
     fn parts_are_length_prefixed_in_characters() {
         let mut out = Vec::new();
         push_part(&mut out, Some("é|x"));
@@ -323,6 +388,7 @@ mod tests {
             (Binary, "00FF", json!("AP8=")),
             (Json, r#"{"a":1}"#, json!({"a": 1})),
             (Bit { bits: 3 }, "5", json!(5)),
+            (Float, "1.100000023841858", json!(1.1)),
             (Time { fsp: 0 }, "-838:59:59", json!("-838:59:59")),
         ];
         for (ty, text, want) in cases {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cdc_event::{ColumnType, TableId, TableSchema};
 
-use crate::canon::{my_canonical, my_ident, my_json_text, my_part, my_wire, pg_canonical, pg_ident, pg_part};
+use crate::canon::{RustCanon, my_canonical, my_ident, my_json_text, my_part, my_wire, pg_canonical, pg_ident, pg_part};
 use crate::error::ReconcileError;
 
 /// A primary-key value: one integer per key column (every integer type fits in `i128`).
@@ -28,8 +28,8 @@ pub struct ColPlan {
     pub my: String,
     /// PostgreSQL canonical expression.
     pub pg: String,
-    /// JSON: canonicalised in Rust on the source side.
-    pub json: bool,
+    /// Canonicalised in Rust (JSON, FLOAT, DOUBLE) rather than in SQL.
+    pub rust: Option<RustCanon>,
 }
 
 /// Everything needed to query one table on both sides.
@@ -49,8 +49,11 @@ pub struct TablePlan {
     pub key: Vec<usize>,
     /// Every column in source order.
     pub cols: Vec<ColPlan>,
-    /// Whether any column is JSON (then the source digest is finished in Rust).
-    pub has_json: bool,
+    /// Whether any column is canonicalised in Rust (then the source digest is finished in Rust).
+    pub has_rust: bool,
+    /// Whether the warehouse digest must be finished in Rust too (FLOAT/DOUBLE columns; JSON
+    /// alone is canonical in PostgreSQL already).
+    pub pg_rust: bool,
 }
 
 /// A keyset range `(lo, hi]`; `None` is unbounded.
@@ -103,13 +106,13 @@ impl TablePlan {
             })?;
             let myc = my_ident(&c.name);
             let pgc = pg_ident(&c.name);
-            let json = c.ty == ColumnType::Json;
+            let rust = RustCanon::of(&c.ty);
             cols.push(ColPlan {
                 name: c.name.clone(),
                 ty: c.ty.clone(),
-                my: if json { my_json_text(&myc) } else { my_canonical(&myc, &c.ty).unwrap_or_default() },
+                my: if rust == Some(RustCanon::Json) { my_json_text(&myc) } else { my_canonical(&myc, &c.ty).unwrap_or_default() },
                 pg: pg_canonical(&pgc, &c.ty, pg_type),
-                json,
+                rust,
             });
         }
         let mut key = Vec::new();
@@ -122,7 +125,8 @@ impl TablePlan {
             }
             key.push(i);
         }
-        let has_json = cols.iter().any(|c| c.json);
+        let has_rust = cols.iter().any(|c| c.rust.is_some());
+        let pg_rust = cols.iter().any(|c| matches!(c.rust, Some(RustCanon::Float32 | RustCanon::Float64)));
         Ok(TablePlan {
             my_table: format!("{}.{}", my_ident(&table.db), my_ident(&table.table)),
             pg_table: format!("{}.{}", pg_ident(pg_schema), pg_ident(&table.table)),
@@ -131,7 +135,8 @@ impl TablePlan {
             schema: Arc::new(schema),
             key,
             cols,
-            has_json,
+            has_rust,
+            pg_rust,
         })
     }
 
@@ -191,28 +196,36 @@ impl TablePlan {
         )
     }
 
+    // The row hash is MD5 of the SQL-canonical text S when every column is canonical in SQL,
+    // else MD5(hex(MD5(S)) || R) where R is the length-prefixed Rust-canonical values in column
+    // order. Both sides compute exactly this, in SQL or finished in Rust.
+
     fn my_row_text(&self) -> String {
-        let parts: Vec<String> = self.cols.iter().filter(|c| !c.json).map(|c| my_part(&c.my)).collect();
+        let parts: Vec<String> = self.cols.iter().filter(|c| c.rust.is_none()).map(|c| my_part(&c.my)).collect();
         format!("CONCAT({})", parts.join(", "))
     }
 
+    fn pg_row_text(&self) -> String {
+        let parts: Vec<String> = self.cols.iter().filter(|c| c.rust.is_none()).map(|c| pg_part(&c.pg)).collect();
+        parts.join(" || ")
+    }
+
     fn pg_row_hash(&self) -> String {
-        let parts: Vec<String> = self.cols.iter().filter(|c| !c.json).map(|c| pg_part(&c.pg)).collect();
-        let s = format!("md5({})", parts.join(" || "));
-        if !self.has_json {
+        let s = format!("md5({})", self.pg_row_text());
+        if !self.has_rust {
             return s;
         }
-        let j: Vec<String> = self.cols.iter().filter(|c| c.json).map(|c| pg_part(&c.pg)).collect();
+        let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| pg_part(&c.pg)).collect();
         format!("md5({s} || {})", j.join(" || "))
     }
 
-    /// Source digest of a range. Without JSON columns: one row `(count, xor)` computed by the
-    /// server. With JSON: one row per source row, `(md5 of the non-JSON text, json texts...)`,
-    /// finished in Rust.
+    /// Source digest of a range. Without Rust-canonical columns: one row `(count, xor)`
+    /// computed by the server. Otherwise one row per source row, `(md5 of the SQL-canonical
+    /// text, raw texts of the Rust-canonical columns...)`, finished in Rust.
     pub fn my_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(my_ident), r);
-        if self.has_json {
-            let j: Vec<String> = self.cols.iter().filter(|c| c.json).map(|c| c.my.clone()).collect();
+        if self.has_rust {
+            let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| c.my.clone()).collect();
             format!("SELECT MD5({}), {} FROM {} WHERE {w}", self.my_row_text(), j.join(", "), self.my_table)
         } else {
             format!(
@@ -223,9 +236,14 @@ impl TablePlan {
         }
     }
 
-    /// Warehouse digest of a range: `(count, xor)` of the live (not soft-deleted) rows.
+    /// Warehouse digest of a range over the live (not soft-deleted) rows: `(count, xor)`, or,
+    /// when [`Self::pg_rust`], one row per warehouse row like [`Self::my_digest`].
     pub fn pg_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(pg_ident), r);
+        if self.pg_rust {
+            let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| c.pg.clone()).collect();
+            return format!("SELECT md5({}), {} FROM {} WHERE ({w}) AND NOT _cdc_deleted", self.pg_row_text(), j.join(", "), self.pg_table);
+        }
         format!(
             "SELECT count(*)::bigint, coalesce(bit_xor(('x' || left({}, 16))::bit(64)::bigint), 0)::bigint FROM {} WHERE ({w}) AND NOT _cdc_deleted",
             self.pg_row_hash(),

@@ -31,12 +31,36 @@ fn producer(r: &Reconciler) -> Result<FutureProducer, ReconcileError> {
     c.create().map_err(|e| ReconcileError::Kafka(e.to_string()))
 }
 
+/// Creates the table topic when it does not exist yet, as the reader would (same partition count
+/// and replication factor from `[kafka]`, so keys land where the reader's changes will).
+async fn ensure_topic(r: &Reconciler, topic: &str) -> Result<(), ReconcileError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &r.kafka.bootstrap_servers);
+    for (k, v) in &r.kafka.properties {
+        c.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| ReconcileError::Kafka(e.to_string()))?;
+    let t = NewTopic::new(topic, r.kafka.partitions, TopicReplication::Fixed(r.kafka.replication_factor));
+    let res = admin.create_topics([&t], &AdminOptions::new()).await.map_err(|e| ReconcileError::Kafka(e.to_string()))?;
+    for x in res {
+        if let Err((t, e)) = x {
+            if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(ReconcileError::Kafka(format!("creating topic {t}: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Produces one repair event per difference (marking each repaired) and returns how many were
 /// produced.
 pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [(Candidate, bool)]) -> Result<u64, ReconcileError> {
     let producer = producer(r)?;
     let prefix = r.kafka.prefix(&r.source.name).to_string();
     let topic = cdc_event::topic_name(&prefix, &plan.table);
+    ensure_topic(r, &topic).await?;
     let mut conn = r.my.get_conn().await?;
     let server_id: Option<u32> = conn.query_first("SELECT @@server_id").await?;
     let connector = match r.flavor {

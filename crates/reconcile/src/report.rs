@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::ReconcileError;
 
 /// The kind of a difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(usize)]
 pub enum Kind {

@@ -50,7 +50,8 @@ use md5::{Digest, Md5};
 use mysql_async::prelude::Queryable;
 use sqlx::Row as _;
 
-use crate::canon::{canonical_json, push_part};
+use crate::canon::push_part;
+use crate::canon::RustCanon;
 use crate::config::ReconcileConfig;
 use crate::error::ReconcileError;
 use crate::metrics;
@@ -260,12 +261,10 @@ impl Reconciler {
     async fn check_chunk(&self, plan: &TablePlan, range: Range) -> Result<ChunkOutcome, ReconcileError> {
         self.limiter.acquire(self.cfg.chunk_rows).await;
         let mut conn = self.my.get_conn().await?;
-        let (s, w) = tokio::join!(source_digest(&mut conn, plan, &range), async {
-            sqlx::query_as::<_, (i64, i64)>(&plan.pg_digest(&range)).fetch_one(&self.pg).await
-        });
+        let (s, w) = tokio::join!(source_digest(&mut conn, plan, &range), warehouse_digest(&self.pg, plan, &range));
         let (s, w) = (s?, w?);
-        let mut out = ChunkOutcome { source_rows: s.0, warehouse_rows: w.0 as u64, ..Default::default() };
-        if s == (w.0 as u64, w.1 as u64) {
+        let mut out = ChunkOutcome { source_rows: s.0, warehouse_rows: w.0, ..Default::default() };
+        if s == w {
             return Ok(out);
         }
         // Drill down: both sides' rows of the range, compared key by key.
@@ -350,31 +349,62 @@ async fn next_bound(conn: &mut mysql_async::Conn, plan: &TablePlan, lo: Option<&
 /// `(count, xor)` of the source rows of a range.
 async fn source_digest(conn: &mut mysql_async::Conn, plan: &TablePlan, range: &Range) -> Result<(u64, u64), ReconcileError> {
     let sql = plan.my_digest(range);
-    if !plan.has_json {
+    if !plan.has_rust {
         let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
         let row = row.ok_or_else(|| ReconcileError::Definite("digest query returned nothing".into()))?;
         let n = text(&row, 0).and_then(|t| t.parse().ok()).unwrap_or(0);
         let x = text(&row, 1).and_then(|t| t.parse().ok()).unwrap_or(0);
         return Ok((n, x));
     }
-    // JSON columns: the server hashes the rest, Rust brings JSON to PostgreSQL's canonical text
-    // and finishes the row hash exactly as PostgreSQL computes it.
-    let n_json = plan.cols.iter().filter(|c| c.json).count();
+    // The server hashes the SQL-canonical columns; Rust canonicalises the others (JSON to
+    // PostgreSQL's jsonb text, floats by value) and finishes the row hash exactly as the
+    // warehouse side computes it.
+    let rust: Vec<RustCanon> = plan.cols.iter().filter_map(|c| c.rust).collect();
     let mut result = conn.query_iter(sql).await?;
-    let (mut count, mut xor) = (0u64, 0u64);
-    let mut buf = Vec::with_capacity(256);
+    let mut acc = Accumulator::default();
     while let Some(row) = result.next().await? {
-        buf.clear();
-        buf.extend_from_slice(text(&row, 0).unwrap_or("").as_bytes());
-        for j in 0..n_json {
-            let canon = text(&row, 1 + j).map(canonical_json);
-            push_part(&mut buf, canon.as_deref());
-        }
-        let d = Md5::digest(&buf);
-        xor ^= u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
-        count += 1;
+        acc.add(text(&row, 0).unwrap_or(""), rust.iter().enumerate().map(|(j, r)| text(&row, 1 + j).map(|t| r.source(t))));
     }
-    Ok((count, xor))
+    Ok((acc.count, acc.xor))
+}
+
+/// `(count, xor)` of the live warehouse rows of a range.
+async fn warehouse_digest(pool: &sqlx::PgPool, plan: &TablePlan, range: &Range) -> Result<(u64, u64), ReconcileError> {
+    let sql = plan.pg_digest(range);
+    if !plan.pg_rust {
+        let (n, x) = sqlx::query_as::<_, (i64, i64)>(&sql).fetch_one(pool).await?;
+        return Ok((n as u64, x as u64));
+    }
+    let rust: Vec<RustCanon> = plan.cols.iter().filter_map(|c| c.rust).collect();
+    let mut rows = sqlx::query(&sql).fetch(pool);
+    let mut acc = Accumulator::default();
+    while let Some(row) = rows.try_next().await? {
+        let s: String = row.try_get(0)?;
+        let vals: Vec<Option<String>> = (0..rust.len()).map(|j| row.try_get::<Option<String>, _>(1 + j)).collect::<Result<_, _>>()?;
+        acc.add(&s, rust.iter().zip(&vals).map(|(r, v)| v.as_deref().map(|t| r.warehouse(t))));
+    }
+    Ok((acc.count, acc.xor))
+}
+
+/// Finishes row hashes in Rust: `MD5(hex(MD5(S)) || parts)` XOR-ed into the chunk digest.
+#[derive(Default)]
+struct Accumulator {
+    count: u64,
+    xor: u64,
+    buf: Vec<u8>,
+}
+
+impl Accumulator {
+    fn add(&mut self, md5_hex: &str, parts: impl Iterator<Item = Option<String>>) {
+        self.buf.clear();
+        self.buf.extend_from_slice(md5_hex.as_bytes());
+        for p in parts {
+            push_part(&mut self.buf, p.as_deref());
+        }
+        let d = Md5::digest(&self.buf);
+        self.xor ^= u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        self.count += 1;
+    }
 }
 
 /// Source rows with canonical values (JSON brought to canonical text), by key.
@@ -390,10 +420,9 @@ pub(crate) async fn source_rows(conn: &mut mysql_async::Conn, plan: &TablePlan, 
             .enumerate()
             .map(|(i, c)| {
                 let t = text(&row, nk + i);
-                if c.json {
-                    t.map(canonical_json)
-                } else {
-                    t.map(str::to_string)
+                match c.rust {
+                    Some(r) => t.map(|t| r.source(t)),
+                    None => t.map(str::to_string),
                 }
             })
             .collect();
@@ -410,8 +439,12 @@ pub(crate) async fn warehouse_rows(pool: &sqlx::PgPool, plan: &TablePlan, sql: &
     for row in rows {
         let key = parse_key((0..nk).map(|i| row.try_get::<Option<String>, _>(i).ok().flatten()))?;
         let mut vals = Vec::with_capacity(plan.cols.len());
-        for i in 0..plan.cols.len() {
-            vals.push(row.try_get::<Option<String>, _>(nk + i)?);
+        for (i, c) in plan.cols.iter().enumerate() {
+            let v = row.try_get::<Option<String>, _>(nk + i)?;
+            vals.push(match c.rust {
+                Some(r) => v.map(|t| r.warehouse(&t)),
+                None => v,
+            });
         }
         let deleted: bool = row.try_get(nk + plan.cols.len())?;
         let version: Option<String> = row.try_get(nk + plan.cols.len() + 1)?;
