@@ -16,6 +16,11 @@ demo: stack
 	$(CARGO) build --release -p cdcsync
 	scripts/demo
 
+# The end-to-end benchmark, cdcsync next to Debezium (~15 min; not part of `make test`).
+bench: stack
+	$(CARGO) build --release -p cdcsync
+	scripts/bench
+
 test: stack build
 	eval "$$(scripts/stack env)" && $(CARGO) test --workspace --no-fail-fast
 	@if [ -x scripts/ops-test ]; then scripts/ops-test; fi
