@@ -158,3 +158,56 @@ impl SnapshotConfig {
         Ok(())
     }
 }
+
+/// Rows selected in one consistent-snapshot transaction and encoded exactly as snapshot rows.
+#[derive(Debug)]
+pub struct ConsistentRows {
+    /// The binlog position of the read view (`binlog_snapshot_file`/`_position`): every change
+    /// committed before it is in the rows, none after it.
+    pub position: cdc_event::BinlogPosition,
+    /// The table's schema block, the same one snapshot and streamed events carry.
+    pub schema: std::sync::Arc<cdc_event::TableSchema>,
+    /// `(key JSON, row image JSON)` per row, byte-identical to a snapshot event's key and `after`.
+    pub rows: Vec<(String, String)>,
+}
+
+/// Selects the rows of `table` matching `where_sql` (trusted SQL built by the caller) in a
+/// `START TRANSACTION WITH CONSISTENT SNAPSHOT` on a MariaDB source and encodes them with the
+/// snapshot encoder. Used by reconciliation (`crates/reconcile`) to build repair events with the
+/// same argument as a snapshot chunk; MySQL is refused as for snapshots ([`SnapshotError::Mysql`]).
+pub async fn read_rows_consistent(
+    conn: &mut mysql_async::Conn,
+    table: &cdc_event::TableId,
+    where_sql: &str,
+    zero: crate::config::ZeroDates,
+) -> Result<ConsistentRows, SnapshotError> {
+    use mysql_async::prelude::Queryable;
+    let my = |e: mysql_async::Error| SnapshotError::Source(e.to_string());
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await.map_err(my)?;
+    let info = schema::load(conn, cdc_event::Flavor::Mariadb, table, None).await?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await.map_err(my)?;
+    let result = async {
+        let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(my)?;
+        let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok())) else {
+            return Err(SnapshotError::Mysql);
+        };
+        let q = |s: &str| format!("`{}`", s.replace('`', "``"));
+        let cols: Vec<String> = info.columns.iter().map(|c| q(&c.name)).collect();
+        let sql = format!("SELECT {} FROM {}.{} WHERE {where_sql}", cols.join(", "), q(&table.db), q(&table.table));
+        // The binary protocol (a prepared statement), as the snapshot reads: exact values.
+        let rows: Vec<mysql_async::Row> = conn.exec(sql, ()).await.map_err(my)?;
+        let mut img = crate::decode::Image::default();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let values = row.unwrap();
+            encode::encode_row(&info, &values, zero, &mut img)
+                .map_err(|e| SnapshotError::Table { table: info.label.clone(), problem: format!("cannot be encoded: {e}") })?;
+            out.push((String::from_utf8_lossy(&img.key(&info)).into_owned(), String::from_utf8_lossy(&img.json).into_owned()));
+        }
+        Ok(ConsistentRows { position: cdc_event::BinlogPosition { file, pos }, schema: info.schema.clone(), rows: out })
+    }
+    .await;
+    let _ = conn.query_drop("COMMIT").await;
+    result
+}
