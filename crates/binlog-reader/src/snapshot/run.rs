@@ -523,19 +523,30 @@ async fn plan(shared: &Shared, info: &TableInfo, p: &mut TableProgress) -> Resul
         .flatten();
     p.estimated_rows = est.unwrap_or(0);
     let lead = &info.columns[info.key[0]];
-    let wanted = (p.estimated_rows / shared.cfg.chunk_size as u64).clamp(1, shared.cfg.workers as u64 * 4);
+    let chunk = shared.cfg.chunk_size as i128;
+    let max_segments = shared.cfg.workers as i128 * 4;
     let mut bounds: Vec<KeyVal> = Vec::new();
-    if wanted > 1 && matches!(lead.kind, crate::table::Kind::Int { .. }) {
+    if matches!(lead.kind, crate::table::Kind::Int { .. }) {
+        // MIN/MAX of the leading key column come from the index ends (no scan). The span also
+        // stands in for the row estimate, which InnoDB may not have computed yet.
         let col = quote(&lead.name);
         let sql = format!("SELECT MIN({col}), MAX({col}) FROM {}.{}", quote(&info.id.db), quote(&info.id.table));
-        let row: Option<(Value, Value)> = conn.query_first(sql).await.map_err(my)?;
+        // The binary protocol (exec) returns typed integers; the text protocol would not.
+        let row: Option<(Value, Value)> = conn.exec_first(sql, ()).await.map_err(my)?;
+        tracing::debug!(table = %info.label, ?row, "key range of the leading key column");
         if let Some((lo, hi)) = row {
             if let (Some(lo), Some(hi)) = (KeyVal::from_value(&lo), KeyVal::from_value(&hi)) {
                 let unsigned = matches!(hi, KeyVal::U(_));
                 if let (Some(a), Some(b)) = (lo.as_i128(), hi.as_i128()) {
-                    let step = (b - a) / wanted as i128;
-                    if step > 0 {
-                        for i in 1..wanted as i128 {
+                    let span = b - a + 1;
+                    // InnoDB's TABLE_ROWS can be far off right after a bulk load.
+                    if (p.estimated_rows as i128) < span / 2 {
+                        p.estimated_rows = span.max(0) as u64;
+                    }
+                    let wanted = (span / chunk).clamp(1, max_segments);
+                    let step = (b - a) / wanted;
+                    if wanted > 1 && step > 0 {
+                        for i in 1..wanted {
                             let v = a + step * i;
                             bounds.push(if unsigned { KeyVal::U(v as u64) } else { KeyVal::I(v as i64) });
                         }
