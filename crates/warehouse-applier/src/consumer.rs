@@ -18,9 +18,11 @@
 //!
 //! # Backpressure
 //!
-//! Each worker channel holds one batch. When it is full, the message is kept in the partition's
-//! pending queue and the partition is paused; it is resumed once the queue drained into the
-//! channel. So a stalled PostgreSQL pauses consumption instead of growing memory, while the
+//! Each worker channel holds two batches. When it is full, the thread waits briefly for room
+//! (`HANDOVER_WAIT`, about a batch's apply time); if there is still none, messages are kept in the
+//! partition's pending queue, and once that holds another batch the partition is paused; it is resumed once
+//! the queue drained into the channel. So at most four batches per partition (plus librdkafka's
+//! bounded prefetch, `queued.max.messages.kbytes`) are in memory. So a stalled PostgreSQL pauses consumption instead of growing memory, while the
 //! thread keeps polling and the member stays in its group.
 
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +41,9 @@ use crate::decode::Message;
 use crate::error::ApplierError;
 use crate::metrics;
 use crate::worker::{run_worker, WorkerEvent, WorkerShared};
+
+/// How long the poll loop waits for room in a worker's channel before pausing the partition.
+const HANDOVER_WAIT: Duration = Duration::from_millis(500);
 
 /// Committed offsets of the assigned partitions, for the retention job.
 pub type Committed = Arc<Mutex<HashMap<(String, i32), i64>>>;
@@ -73,7 +78,8 @@ impl Context {
     /// A context whose workers apply with `shared` on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, shared: Arc<WorkerShared>, revoke_timeout: Duration, committed: Committed) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::channel();
-        let channel_capacity = shared.batch_max_events.max(1);
+        // Two batches: one being collected while the previous one is applied.
+        let channel_capacity = 2 * shared.batch_max_events.max(1);
         Context {
             state: Mutex::new(State { workers: HashMap::new(), fatal: None }),
             runtime,
@@ -258,6 +264,7 @@ pub fn poll_loop(
         }
         ctx.drain_events(&consumer, None, None);
         // Move pending messages into channels that have room; resume drained partitions.
+        let mut backlogged = false;
         {
             let mut st = ctx.state.lock().unwrap();
             for (topic, ps) in st.workers.iter_mut() {
@@ -275,17 +282,22 @@ pub fn poll_loop(
                             }
                         }
                     }
+                    backlogged |= !w.pending.is_empty() || w.paused;
                     if w.paused && w.pending.is_empty() {
                         let mut tpl_one = TopicPartitionList::new();
                         tpl_one.add_partition(topic, *p);
                         if consumer.resume(&tpl_one).is_ok() {
+                            tracing::debug!(topic = %topic, partition = *p, "partition resumed");
                             w.paused = false;
                         }
                     }
                 }
             }
         }
-        let Some(res) = consumer.poll(Duration::from_millis(100)) else { continue };
+        // While some partition waits for its worker, come back soon to hand over its messages
+        // and resume it; otherwise block in poll longer.
+        let timeout = if backlogged { Duration::from_millis(5) } else { Duration::from_millis(100) };
+        let Some(res) = consumer.poll(timeout) else { continue };
         let m = match res {
             Ok(m) => m,
             Err(e) => {
@@ -306,21 +318,47 @@ pub fn poll_loop(
         };
         if !w.pending.is_empty() {
             w.pending.push_back(msg);
+            if !w.paused && w.pending.len() >= ctx.channel_capacity / 2 {
+                let mut tpl_one = TopicPartitionList::new();
+                tpl_one.add_partition(m.topic(), m.partition());
+                if consumer.pause(&tpl_one).is_ok() {
+                    tracing::debug!(topic = m.topic(), partition = m.partition(), "partition paused: its worker is behind");
+                    w.paused = true;
+                }
+            }
             continue;
         }
-        match w.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
+        // A full channel usually frees up within one batch's apply time: wait for that briefly
+        // instead of pausing, because a pause drops librdkafka's prefetched messages of the
+        // partition and the refetch costs a fetch round trip (up to `fetch.wait.max.ms`).
+        let mut msg = msg;
+        let wait_until = Instant::now() + HANDOVER_WAIT;
+        let full = loop {
+            match w.tx.try_send(msg) {
+                Ok(()) => break None,
+                Err(mpsc::error::TrySendError::Full(m)) if Instant::now() < wait_until => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        match full {
+            None => {}
+            Some(mpsc::error::TrySendError::Full(msg)) => {
                 w.pending.push_back(msg);
-                if !w.paused {
+                // Pause only once a further batch is waiting: pausing drops librdkafka's
+                // prefetched messages of the partition, which then have to be fetched again.
+                if !w.paused && w.pending.len() >= ctx.channel_capacity / 2 {
                     let mut tpl_one = TopicPartitionList::new();
                     tpl_one.add_partition(m.topic(), m.partition());
                     if consumer.pause(&tpl_one).is_ok() {
+                        tracing::debug!(topic = m.topic(), partition = m.partition(), "partition paused: its worker is behind");
                         w.paused = true;
                     }
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Some(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
     tracing::info!("applier stopping: finishing in-flight batches");

@@ -55,6 +55,12 @@ pub fn consumer_config(kafka: &KafkaConfig, applier: &ApplierConfig) -> ClientCo
         // Bounds what librdkafka prefetches (and so the applier's memory) while PostgreSQL is
         // slow or down and partitions are paused.
         .set("queued.max.messages.kbytes", "16384")
+        // librdkafka waits this long before fetching again once that bound was reached (1 s by
+        // default), which left the workers idle for most of each second in the benchmark.
+        .set("fetch.queue.backoff.ms", "20")
+        // A resumed partition waits for the broker's answer to the fetch in flight; keep that
+        // long poll short.
+        .set("fetch.wait.max.ms", "100")
         .set("topic.metadata.refresh.interval.ms", "10000");
     for (k, v) in &kafka.properties {
         c.set(k, v);

@@ -305,6 +305,16 @@ async fn baseline(args: &Args, admin: &sqlx::PgPool) -> f64 {
     rate
 }
 
+/// User + system CPU seconds of this process so far (from /proc/self/stat, in clock ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -365,7 +375,7 @@ async fn applier_child(args: &Args) {
     run.await.unwrap().unwrap();
     let rate = args.events as f64 / total;
     let steady = args.events as f64 / span.max(0.001);
-    println!("RESULT {rate:.0} {steady:.0} {}", vm_hwm_kib());
+    println!("RESULT {rate:.0} {steady:.0} {} {:.2}", vm_hwm_kib(), cpu_seconds());
     eprintln!("applier: {} events in {total:.1} s incl. group join = {rate:.0} rows/s; first→last commit {span:.1} s = {steady:.0} rows/s", args.events);
 }
 
@@ -373,6 +383,9 @@ async fn applier_child(args: &Args) {
 async fn main() {
     let args = args();
     if args.child {
+        // RUST_LOG=warehouse_applier=debug shows every batch.
+        let telemetry: cdc_config::TelemetryConfig = cdc_config::from_toml("log_level = \"warn\"").unwrap();
+        cdc_telemetry::init_tracing(&telemetry);
         applier_child(&args).await;
         return;
     }
@@ -421,5 +434,6 @@ async fn main() {
             println!("applier/baseline {:.0}% (wall)  {:.0}% (first→last commit)", 100.0 * f[0] / b, 100.0 * f[1] / b);
         }
         println!("applier peak RSS {:.1} MiB", f[2] / 1024.0);
+        println!("applier CPU      {:.1} s user+sys = {:.1} µs per event (client side only)", f[3], f[3] * 1e6 / args.events as f64);
     }
 }
