@@ -19,7 +19,27 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
-/// The reader binary; built on first use if missing.
+/// The newest modification time of the sources the reader binary is built from.
+fn newest_source() -> std::time::SystemTime {
+    fn walk(dir: &std::path::Path, newest: &mut std::time::SystemTime) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, newest);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(t);
+            }
+        }
+    }
+    let mut newest = std::time::UNIX_EPOCH;
+    for c in ["binlog-reader", "cdc-event", "cdc-config", "cdc-telemetry"] {
+        walk(&cdcsync_tests::repo_root().join("crates").join(c), &mut newest);
+    }
+    newest
+}
+
+/// The reader binary (`make test` builds it with the workspace); rebuilt here only when it is
+/// missing or older than its sources.
 fn reader_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CDCSYNC_READER_BIN") {
         return PathBuf::from(p);
@@ -29,6 +49,12 @@ fn reader_bin() -> PathBuf {
     let bin = dir.join("binlog-reader");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
+        let fresh = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= newest_source());
+        if fresh {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "binlog-reader", "--bin", "binlog-reader"]);
@@ -269,6 +295,7 @@ per_flavor!(
     alter_add_column_and_binlog_rotation_mid_stream,
     crash_restart_loses_nothing_and_repeats_keep_their_ids,
     purged_binlog_is_a_definite_error,
+    unknown_gtid_is_a_definite_error,
 );
 
 async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(server: SourceServer) {
@@ -586,6 +613,45 @@ async fn purged_binlog_is_a_definite_error(server: SourceServer) {
     let (code, text) = p.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("purged"), "{text}");
+    assert!(text.contains("cdcsync snapshot --table"), "{text}");
+    db.drop_db().await;
+}
+
+/// A checkpoint whose GTID position the server never had (another server's, or a reset binlog)
+/// stops the reader with the definite GTID error and exit code 1, instead of silently streaming
+/// from somewhere else.
+async fn unknown_gtid_is_a_definite_error(server: SourceServer) {
+    let db = SourceDb::create(&server).await;
+    admin_exec(&db, "CREATE TABLE g (id INT PRIMARY KEY)").await;
+    let s = Setup::new(&db);
+    let (gtid, server_id) = match server.flavor {
+        // A domain this server never wrote.
+        Flavor::Mariadb => ("0-1-1,4242-4242-99", 1),
+        // Transactions of a server uuid this server never saw.
+        Flavor::Mysql => ("0b8a6c4e-0000-4000-8000-00000000beef:1-100", 2),
+    };
+    let (file, _) = match server.flavor {
+        Flavor::Mariadb => ("mysql-bin.000001", 0),
+        Flavor::Mysql => ("binlog.000001", 0),
+    };
+    let topic = format!("{}._checkpoints", s.name);
+    cdcsync_tests::create_topic(&topic, 1).await;
+    let cp = json!({"flavor": server.flavor.connector(), "server_id": server_id, "gtid_set": gtid,
+                    "position": {"file": file, "pos": 4}, "ts_ms": 0});
+    cdcsync_tests::produce(&cdcsync_tests::producer(), &topic, &s.name, Some(&cp.to_string())).await;
+    let (dir, path) = cdcsync_tests::write_config(&s.toml());
+    let log = dir.path().join("reader.log");
+    let child = Command::new(reader_bin())
+        .arg(&path)
+        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let p = ReaderProc { child, log, _dir: dir };
+    let (code, text) = p.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("GTID"), "{text}");
     assert!(text.contains("cdcsync snapshot --table"), "{text}");
     db.drop_db().await;
 }

@@ -53,6 +53,39 @@ impl MariadbGtidList {
         self.domains.insert(domain, (server, seq));
     }
 
+    /// Parses `@@gtid_binlog_state`, which may list several servers per domain, keeping the
+    /// highest sequence number of each domain.
+    pub fn parse_state(text: &str) -> Result<Self, GtidParseError> {
+        let mut out = MariadbGtidList::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let one = MariadbGtidList::parse(part)?;
+            for (d, (s, n)) in one.domains {
+                match out.domains.get(&d) {
+                    Some((_, m)) if *m >= n => {}
+                    _ => {
+                        out.domains.insert(d, (s, n));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why `position` cannot be a position in a binlog whose state is `self`, if it cannot:
+    /// a domain the server never wrote, or a sequence number beyond the server's.
+    pub fn missing_from(&self, position: &MariadbGtidList) -> Option<String> {
+        for (d, (s, n)) in &position.domains {
+            match self.domains.get(d) {
+                None => return Some(format!("domain {d} (GTID {d}-{s}-{n}) is not in the source's binlog state {self}")),
+                Some((_, max)) if n > max => {
+                    return Some(format!("GTID {d}-{s}-{n} is beyond the source's last GTID in domain {d} ({d}-{}-{max})", self.domains[d].0))
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Whether no domain has a GTID yet.
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty()
@@ -258,6 +291,16 @@ mod tests {
         assert!(MariadbGtidList::parse("").unwrap().is_empty());
         assert!(MariadbGtidList::parse("0-1").is_err());
         assert!(MariadbGtidList::parse("a-1-2").is_err());
+    }
+
+    #[test]
+    fn positions_are_checked_against_the_binlog_state() {
+        let state = MariadbGtidList::parse_state("0-1-100,0-2-50,3-1-7").unwrap();
+        assert_eq!(state.to_string(), "0-1-100,3-1-7");
+        assert!(state.missing_from(&MariadbGtidList::parse("0-1-99,3-1-7").unwrap()).is_none());
+        assert!(state.missing_from(&MariadbGtidList::parse("0-2-40").unwrap()).is_none());
+        assert!(state.missing_from(&MariadbGtidList::parse("0-1-1,4242-4242-99").unwrap()).unwrap().contains("domain 4242"));
+        assert!(state.missing_from(&MariadbGtidList::parse("0-1-101").unwrap()).unwrap().contains("beyond"));
     }
 
     #[test]

@@ -322,6 +322,20 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
         .map_err(ReaderError::from_mysql)?
         .unwrap_or(0);
     let start = start_position(&mut meta, flavor, saved.as_ref(), r.cfg).await?;
+    if let GtidPosition::Mariadb(list) = &start.gtid {
+        // MariaDB accepts a connect state with a domain its binlog never had and streams anyway
+        // (seen on 10.11), so the reader checks the position against the server's binlog state
+        // itself: every domain must exist there, at or beyond the checkpoint's sequence number.
+        let state: Option<String> = meta
+            .query_first("SELECT @@GLOBAL.gtid_binlog_state")
+            .await
+            .map_err(ReaderError::from_mysql)?;
+        let server = MariadbGtidList::parse_state(state.as_deref().unwrap_or(""))
+            .map_err(|e| ReaderError::Source(e.to_string()))?;
+        if let Some(problem) = server.missing_from(list) {
+            return Err(ReaderError::GtidUnknown { detail: format!("checkpoint {list}: {problem}") });
+        }
+    }
     if saved.is_none() {
         // Persist the starting point at once: a crash before the first transaction must not
         // move the start to a later "current" position and lose what happened in between.
