@@ -271,7 +271,7 @@ def run_measured(cmd, env=None, timeout=3600):
 
 
 def loadgen(url, db, *args):
-    out, err, *_ = run_measured([BIN, "loadgen", "--url", url, "--db", db, "--quiet", *args])
+    out, err, *_ = run_measured([LOADGEN, "--url", url, "--db", db, "--quiet", *args])
     return out
 
 
