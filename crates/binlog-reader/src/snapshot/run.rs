@@ -149,7 +149,35 @@ impl Snapshots {
     /// `initial`/`when_needed` mode, records a request for every included table *before* the
     /// stream saves its start position, so a crash in between cannot skip the initial snapshot;
     /// then starts the runner (unfinished tables resume, requests arrive on the control topic).
+    /// Transient failures (source or Kafka not reachable yet) are retried with backoff here,
+    /// as the stream's sessions are, so a reader started before its source still comes up.
     pub async fn start(
+        source: &SourceConfig,
+        kafka: &KafkaConfig,
+        reader: &ReaderConfig,
+        sink: Arc<Sink>,
+        shutdown: Shutdown,
+    ) -> Result<Snapshots, ReaderError> {
+        let mut backoff = Duration::from_millis(reader.reconnect_backoff_initial_ms);
+        loop {
+            match Self::start_once(source, kafka, reader, sink.clone(), shutdown.clone()).await {
+                Err(_) if shutdown.is_cancelled() => {
+                    return Ok(Snapshots { shared: None, jobs: None, tables: Vec::new(), task: None });
+                }
+                Err(e) if !e.is_definite() => {
+                    tracing::warn!(error = %e, "snapshot setup: transient error; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(reader.reconnect_backoff_max_ms));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
         source: &SourceConfig,
         kafka: &KafkaConfig,
         reader: &ReaderConfig,
