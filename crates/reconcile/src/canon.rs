@@ -37,7 +37,6 @@
 
 use std::fmt::Write as _;
 
-use base64::Engine;
 use cdc_event::ColumnType;
 use serde_json::Value;
 
@@ -283,44 +282,6 @@ pub fn pg_numeric_text(text: &str) -> String {
     out
 }
 
-/// The MySQL expression of a column's value in the change-event text form (repair events);
-/// [`wire_value`] turns the text into the JSON value of `docs/event-format.md`.
-pub fn my_wire(c: &str, ty: &ColumnType) -> String {
-    use ColumnType::*;
-    match ty {
-        Time { .. } => format!("CAST({c} AS CHAR)"),
-        Json => my_json_text(c),
-        _ => my_canonical(c, ty).unwrap_or_default(),
-    }
-}
-
-/// Converts the text of [`my_wire`] into the change-event JSON value (`docs/event-format.md`).
-pub fn wire_value(ty: &ColumnType, text: Option<&str>) -> Value {
-    use ColumnType::*;
-    let Some(t) = text else { return Value::Null };
-    let number = |t: &str| serde_json::from_str::<Value>(t).ok().filter(Value::is_number).unwrap_or(Value::Null);
-    let cut_fraction = |t: &str, fsp: u8| -> String {
-        match t.split_once('.') {
-            Some((whole, frac)) if fsp > 0 => format!("{whole}.{}", &frac[..(fsp as usize).min(frac.len())]),
-            Some((whole, _)) => whole.to_string(),
-            None => t.to_string(),
-        }
-    };
-    match ty {
-        TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Year | Bit { .. } | Double => number(t),
-        // The reader writes a FLOAT as the shortest text of the f32.
-        Float => number(&canonical_float(t, true)),
-        Decimal { .. } | Date | Time { .. } | Text { .. } | Enum { .. } | Set { .. } => Value::String(t.to_string()),
-        DateTime { fsp } => Value::String(cut_fraction(t, *fsp)),
-        Timestamp { fsp } => Value::String(format!("{}Z", cut_fraction(t, *fsp))),
-        Binary | Geometry => {
-            let bytes: Vec<u8> = (0..t.len() / 2).filter_map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok()).collect();
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
-        Json => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,26 +335,5 @@ mod tests {
         push_part(&mut out, None);
         push_part(&mut out, Some(""));
         assert_eq!(String::from_utf8(out).unwrap(), "3:é|x-0:");
-    }
-
-    #[test]
-    fn wire_values_follow_the_event_format() {
-        use ColumnType::*;
-        let cases: Vec<(ColumnType, &str, Value)> = vec![
-            (BigInt { unsigned: true }, "18446744073709551615", json!(18446744073709551615u64)),
-            (Decimal { precision: 12, scale: 2 }, "-12.50", json!("-12.50")),
-            (DateTime { fsp: 3 }, "2026-11-28T09:12:13.123456", json!("2026-11-28T09:12:13.123")),
-            (DateTime { fsp: 0 }, "2026-11-28T09:12:13.000000", json!("2026-11-28T09:12:13")),
-            (Timestamp { fsp: 6 }, "2026-11-28T09:12:13.000001", json!("2026-11-28T09:12:13.000001Z")),
-            (Binary, "00FF", json!("AP8=")),
-            (Json, r#"{"a":1}"#, json!({"a": 1})),
-            (Bit { bits: 3 }, "5", json!(5)),
-            (Float, "1.100000023841858", json!(1.1)),
-            (Time { fsp: 0 }, "-838:59:59", json!("-838:59:59")),
-        ];
-        for (ty, text, want) in cases {
-            assert_eq!(wire_value(&ty, Some(text)), want, "{ty:?}");
-        }
-        assert_eq!(wire_value(&Int { unsigned: false }, None), Value::Null);
     }
 }

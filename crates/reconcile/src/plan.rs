@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cdc_event::{ColumnType, TableId, TableSchema};
 
-use crate::canon::{RustCanon, my_canonical, my_ident, my_json_text, my_part, my_wire, pg_canonical, pg_ident, pg_part};
+use crate::canon::{my_canonical, my_ident, my_json_text, my_part, pg_canonical, pg_ident, pg_part, RustCanon};
 use crate::error::ReconcileError;
 
 /// A primary-key value: one integer per key column (every integer type fits in `i128`).
@@ -290,17 +290,9 @@ impl TablePlan {
         self.pg_rows(&Self::keys_where(&self.key_names(pg_ident), keys))
     }
 
-    /// Source rows with the given keys in change-event text form (repair).
-    pub fn my_wire_rows_for(&self, keys: &[Key]) -> String {
-        let names = self.key_names(my_ident);
-        let vals: Vec<String> = self.cols.iter().map(|c| my_wire(&my_ident(&c.name), &c.ty)).collect();
-        format!(
-            "SELECT {k}, {v} FROM {t} WHERE {w}",
-            k = names.join(", "),
-            v = vals.join(", "),
-            t = self.my_table,
-            w = Self::keys_where(&names, keys)
-        )
+    /// `WHERE` text selecting the given keys at the source (repair).
+    pub fn my_keys_where(&self, keys: &[Key]) -> String {
+        Self::keys_where(&self.key_names(my_ident), keys)
     }
 
     /// The key as the change-event key JSON (`{"id":7}`), byte-identical to `cdc_event::key_json`.

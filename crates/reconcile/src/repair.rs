@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use binlog_reader::ZeroDates;
 use cdc_event::{ChangeEvent, EventId, Op, SnapshotMarker, Source, Version, CONNECTOR_VERSION};
 use mysql_async::prelude::Queryable;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -11,10 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{Map, Value};
 
-use crate::canon::wire_value;
 use crate::error::ReconcileError;
 use crate::plan::{int_json, Key, TablePlan};
-use crate::run::{source_position, version_at, Candidate, Reconciler};
+use crate::run::{version_at, Candidate, Reconciler};
 use crate::schema::Flavor;
 
 fn producer(r: &Reconciler) -> Result<FutureProducer, ReconcileError> {
@@ -56,36 +56,34 @@ async fn ensure_topic(r: &Reconciler, topic: &str) -> Result<(), ReconcileError>
 
 /// Produces one repair event per difference (marking each repaired) and returns how many were
 /// produced.
+///
+/// The rows are read and encoded by the reader's own snapshot code
+/// (`binlog_reader::snapshot::read_rows_consistent`): a consistent-snapshot transaction whose
+/// binlog position (`binlog_snapshot_position`) is exactly the read view's, and the snapshot
+/// encoder, so a repair event is byte for byte what a snapshot of those rows would produce.
 pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [(Candidate, bool)]) -> Result<u64, ReconcileError> {
+    if r.flavor == Flavor::Mysql {
+        return Err(ReconcileError::Definite(
+            "--repair needs a MariaDB source: MySQL has no binlog position exactly consistent with a read view, so a repair event could lose a concurrent update (docs/decisions/0002-snapshot-consistency.md); the report above is still exact".into(),
+        ));
+    }
     let producer = producer(r)?;
     let prefix = r.kafka.prefix(&r.source.name).to_string();
     let topic = cdc_event::topic_name(&prefix, &plan.table);
     ensure_topic(r, &topic).await?;
     let mut conn = r.my.get_conn().await?;
     let server_id: Option<u32> = conn.query_first("SELECT @@server_id").await?;
-    let connector = match r.flavor {
-        Flavor::Mariadb => "mariadb",
-        Flavor::Mysql => "mysql",
-    };
     let mut produced = 0u64;
     for batch in differences.chunks_mut(1000) {
-        // The position is read before the rows, exactly like a snapshot chunk.
-        let position = source_position(&mut conn, r.flavor).await?;
-        let version = version_at(&position)?;
         let keys: Vec<Key> = batch.iter().map(|(c, _)| c.key.clone()).collect();
-        let rows: Vec<mysql_async::Row> = conn.query(plan.my_wire_rows_for(&keys)).await?;
-        let nk = plan.key.len();
-        let mut current: HashMap<Key, Map<String, Value>> = HashMap::new();
-        for row in rows {
-            let key: Key = (0..nk)
-                .map(|i| row.get::<Option<String>, _>(i).flatten().and_then(|t| t.parse().ok()).unwrap_or_default())
-                .collect();
-            let mut image = Map::new();
-            for (i, c) in plan.cols.iter().enumerate() {
-                let t: Option<Vec<u8>> = row.get::<Option<Vec<u8>>, _>(nk + i).flatten();
-                let t = t.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-                image.insert(c.name.clone(), wire_value(&c.ty, t));
-            }
+        let read = binlog_reader::snapshot::read_rows_consistent(&mut conn, &plan.table, &plan.my_keys_where(&keys), ZeroDates::Null)
+            .await
+            .map_err(|e| ReconcileError::Definite(format!("reading the rows to repair: {e}")))?;
+        let position = read.position;
+        let version = version_at(&position)?;
+        let mut current: HashMap<String, Map<String, Value>> = HashMap::new();
+        for (key, image) in read.rows {
+            let image: Map<String, Value> = serde_json::from_str(&image).map_err(|e| ReconcileError::Definite(format!("row image: {e}")))?;
             current.insert(key, image);
         }
         let ts_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
@@ -103,13 +101,18 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
                 continue;
             }
             let key_json = plan.key_json(&c.key);
-            let (op, before, after) = match current.remove(&c.key) {
+            let (op, before, after) = match current.remove(&key_json) {
                 Some(image) => (Op::Read, None, Some(image)),
                 None => {
                     // Gone from the source: a delete whose before image carries the key.
                     let mut image = Map::new();
-                    for (i, col) in plan.cols.iter().enumerate() {
-                        let v = plan.key.iter().position(|&k| k == i).map(|n| int_json(c.key[n])).unwrap_or(Value::Null);
+                    for col in &read.schema.columns {
+                        let v = plan
+                            .key
+                            .iter()
+                            .position(|&k| plan.cols[k].name == col.name)
+                            .map(|n| int_json(c.key[n]))
+                            .unwrap_or(Value::Null);
                         image.insert(col.name.clone(), v);
                     }
                     (Op::Delete, Some(image), None)
@@ -120,7 +123,7 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
                 after,
                 source: Source {
                     version: CONNECTOR_VERSION.into(),
-                    connector: connector.into(),
+                    connector: "mariadb".into(),
                     name: r.source.name.clone(),
                     ts_ms,
                     snapshot: SnapshotMarker::True,
@@ -136,7 +139,7 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
                 },
                 op,
                 ts_ms,
-                schema: plan.schema.clone(),
+                schema: read.schema.clone(),
             };
             let payload = serde_json::to_string(&event).map_err(|e| ReconcileError::Kafka(e.to_string()))?;
             let headers = OwnedHeaders::new()
