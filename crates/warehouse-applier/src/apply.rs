@@ -316,7 +316,7 @@ impl Applier {
         for b in crate::tables::BOOKKEEPING {
             set.push(format!("{b} = EXCLUDED.{b}"));
         }
-        let fresh_winner = format!("s._cdc_win AND s._cdc_mid IN (SELECT message_id FROM fresh)");
+        let fresh_winner = "s._cdc_win AND s._cdc_mid IN (SELECT message_id FROM fresh)";
         let (up_filter, extra) = match self.delete_mode {
             DeleteMode::Soft => (String::new(), String::new()),
             DeleteMode::Hard => {
