@@ -214,32 +214,38 @@ async fn rate_limit_and_burst_bound_the_rows_written() {
     for server in source_servers() {
         let db = SourceDb::create(&server).await;
         let mut cfg = WorkloadConfig::new(db.name.clone());
-        cfg.rate = Some(1500.0);
+        cfg.rate = Some(1000.0);
         cfg.duration = Some(Duration::from_secs(3));
-        cfg.tx_rows = 25;
+        // 100-row transactions: each connection needs only 5 commits/s, which a loaded machine
+        // (fsync-bound commits of 100 ms and more were seen) still reaches.
+        cfg.tx_rows = 100;
         cfg.connections = 2;
         cfg.mix = Mix::INSERT_ONLY;
         let report = do_run(&db, cfg.clone()).await;
         let rows = count(&db, "TRUE").await;
         assert_eq!(rows, report.rows);
-        assert!(rows <= 4500 + 50, "rate limit exceeded: {rows} rows in 3 s at 1500/s");
-        assert!(rows >= 2700, "far below the target: {rows} rows in 3 s at 1500/s");
+        assert!(rows <= 3000 + 2 * 100, "rate limit exceeded: {rows} rows in 3 s at 1000/s");
+        // Loose on purpose: the machine running the tests is shared; the upper bound above is
+        // the sharp check.
+        assert!(rows >= 1500, "far below the target: {rows} rows in 3 s at 1000/s");
 
-        // Bursts of 10x for 0.5 s every 1 s, over 2 s: about 400 + 2000 + 200 = 2600 rows,
-        // against 800 without bursts.
+        // Bursts of 10x for 0.8 s every 1 s, over 2 s: about 200 + 1600 + 40 = 1840 rows. Without
+        // bursts the schedule allows at most 400 + 2·50 = 500, so more than 700 proves the bursts
+        // raised the rate; 50-row transactions keep the burst reachable on a loaded machine (each
+        // connection needs only 20 commits/s).
         let burst_db = SourceDb::create(&server).await;
         let mut cfg = WorkloadConfig::new(burst_db.name.clone());
-        cfg.rate = Some(400.0);
+        cfg.rate = Some(200.0);
         cfg.duration = Some(Duration::from_secs(2));
-        cfg.tx_rows = 20;
+        cfg.tx_rows = 50;
         cfg.connections = 2;
         cfg.mix = Mix::INSERT_ONLY;
-        cfg.burst = Some(Burst { every: Duration::from_secs(1), length: Duration::from_millis(500), factor: 10.0 });
+        cfg.burst = Some(Burst { every: Duration::from_secs(1), length: Duration::from_millis(800), factor: 10.0 });
         let report = do_run(&burst_db, cfg).await;
         let rows = count(&burst_db, "TRUE").await;
         assert_eq!(rows, report.rows);
-        assert!(rows >= 1600, "bursts did not raise the rate: {rows} rows");
-        assert!(rows <= 2600 + 2 * 20 + 2 * 20, "bursts overshoot: {rows} rows");
+        assert!(rows > 700, "bursts did not raise the rate: {rows} rows");
+        assert!(rows <= 1840 + 2 * 50 + 2 * 50, "bursts overshoot: {rows} rows");
         db.drop_db().await;
         burst_db.drop_db().await;
     }
