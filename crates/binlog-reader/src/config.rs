@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn defaults_validate_and_bad_values_name_the_key() {
         ReaderConfig::default().validate().unwrap();
-        let cases: [(&str, fn(&mut ReaderConfig)); 4] = [
+        type Case = (&'static str, fn(&mut ReaderConfig));
+        let cases: [Case; 4] = [
             ("reader.max_inflight_bytes", |c| c.max_inflight_bytes = 10),
             ("reader.checkpoint_interval_ms", |c| c.checkpoint_interval_ms = 0),
             ("reader.reconnect_backoff_max_ms", |c| c.reconnect_backoff_max_ms = 1),

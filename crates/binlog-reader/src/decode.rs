@@ -223,6 +223,7 @@ pub(crate) fn write_zero(out: &mut Vec<u8>, zero_dates: ZeroDates, text: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_datetime(out: &mut Vec<u8>, y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u8, zero_dates: ZeroDates) {
     if y == 0 || mo == 0 || d == 0 {
         let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
