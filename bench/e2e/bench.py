@@ -61,7 +61,7 @@ CONNECTIONS = knob("BENCH_CONNECTIONS", 4)
 PARTITIONS = knob("BENCH_PARTITIONS", 6)
 LOW_LATENCY_BATCH_MS = knob("BENCH_LOW_LATENCY_BATCH_MS", 20)  # 0: skip that extra row
 PHASES = ENV.get("BENCH_PHASES", "ceiling,reader,debezium,stream,snapshot").split(",")
-PERF = knob("BENCH_PERF", 0)
+PERF = knob("BENCH_PERF", 1)
 BIN = ENV.get("CDCSYNC_BIN", os.path.join(REPO, "target/release/cdcsync"))
 READER_BENCH = os.path.join(REPO, "target/release/reader-bench")
 APPLIER_BENCH = os.path.join(REPO, "target/release/applier-bench")
@@ -335,6 +335,8 @@ def phase_debezium():
     names = ["%sr9%d" % (RUN, i) for i in range(READER_REPEATS)]
     configs = []
     log("debezium: priming %d cdcsync readers on MySQL 9 (each saves its start position, then stops)" % len(names))
+    # The reader's preflight wants the captured table to exist; bench-debezium recreates it.
+    loadgen(ENV["MYSQL9_ADMIN_URL"], "dbzbench", "--recreate", "--prefill", "0")
     for n in names:
         cfg = write_config(n, url, "dbzbench.orders", n + "-g", partitions=4)
         p = start("reader", cfg)
@@ -419,10 +421,12 @@ class Pipeline:
                                        "--connections", "2")
         psql('DROP SCHEMA IF EXISTS "%s" CASCADE' % db)
         self.cfg = write_config(self.name, ENV["MYSQL_URL"], db + ".orders", self.name + "-g", snapshot_mode)
+        # Both at once: with a snapshot, the reader is ready only when it streams.
         self.reader = start("reader", self.cfg)
-        self.reader.wait_ready(300)
         self.applier = start("applier", self.cfg, applier_env)
         self.applier.wait_ready()
+        if snapshot_mode == "never":
+            self.reader.wait_ready()
         self.written = 0  # row changes the loadgen made since the pipeline started
         self.applied0 = 0
 
@@ -470,22 +474,35 @@ class Pipeline:
         return self.reader.stop(), self.applier.stop()
 
 
-def perf_record(pids, secs, tag):
+PERF_RUNS = []
+
+
+def perf_record(tag, secs, pids):
+    """System-wide CPU profile (perf's cpu-clock; this VM has no hardware counters) for `secs`."""
     if not PERF or not shutil.which("perf"):
         return
-    for role, pid in pids:
-        data = os.path.join(WORK, "perf-%s-%s.data" % (tag, role))
-        subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid), "-o", data,
-                          "--", "sleep", str(secs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    data = os.path.join(WORK, "perf-%s.data" % tag)
+    subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-a", "-g", "-o", data, "--", "sleep",
+                      str(secs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PERF_RUNS.append((tag, data, pids))
 
 
 def perf_reports():
-    for f in sorted(os.listdir(WORK)):
-        if f.startswith("perf-") and f.endswith(".data"):
-            path = os.path.join(WORK, f)
-            rep = subprocess.run(["perf", "report", "-i", path, "--no-children", "--stdio", "--percent-limit", "1.5",
-                                  "-g", "none", "--sort", "dso,symbol"], capture_output=True, text=True).stdout
-            open(path[:-5] + ".txt", "w").write(rep)
+    """Per-process CPU shares, and the hottest symbols of each cdcsync process, as text files."""
+    time.sleep(2)
+    for tag, data, pids in PERF_RUNS:
+        if not os.path.exists(data):
+            continue
+        base = ["perf", "report", "-i", data, "--no-children", "--stdio", "-g", "none"]
+        by_comm = subprocess.run(base + ["--sort", "comm", "--percent-limit", "0.5"], capture_output=True,
+                                 text=True).stdout
+        text = "# %s: share of all samples by thread name (2 CPUs)\n%s" % (tag, by_comm)
+        for role, pid in pids:
+            sym = subprocess.run(base + ["--pid", str(pid), "--sort", "dso,symbol", "--percent-limit", "1"],
+                                 capture_output=True, text=True).stdout
+            text += "\n# %s: cdcsync %s (pid %d), hottest symbols\n%s" % (tag, role, pid, sym)
+        open(data[:-5] + ".txt", "w").write(text)
+        log("perf: %s" % (data[:-5] + ".txt"))
 
 
 def phase_stream():
@@ -526,7 +543,10 @@ def phase_stream():
         elif not bounded:
             bad = rate if bad is None else min(bad, rate)
         if source_bound and bounded:
-            break  # the source cannot go faster; the pipeline was not the limit
+            # The source cannot go faster and the pipeline kept up with what it wrote: the
+            # maximum is at least the achieved rate (a lower bound, reported as such).
+            good = max(good or 0, lg["rate"])
+            break
         if bad is None:
             rate += RATE_STEP
         else:
@@ -545,8 +565,8 @@ def phase_stream():
         lat_runs.append(("80%% of max = %d rows/s" % int(good * 0.8), int(good * 0.8)))
     R["latency"] = []
     for label, rate in lat_runs:
-        if PERF and rate != LATENCY_RATE:
-            perf_record([("reader", pl.reader.p.pid), ("applier", pl.applier.p.pid)], LATENCY_SECONDS - 5, "80pct")
+        perf_record("%d" % rate, max(LATENCY_SECONDS - 8, 5),
+                    [("reader", pl.reader.p.pid), ("applier", pl.applier.p.pid)])
         c0 = (pl.reader.stats()[0], pl.applier.stats()[0])
         t0, t1, lg, behind = pl.load(rate, LATENCY_SECONDS)
         drain = pl.drain(240)
@@ -654,12 +674,12 @@ def report():
     if "reader_mysql9" in R and "debezium" in R:
         c, d = R["reader_mysql9"], R["debezium"]
         ratio = c["stream"] / d["stream"]
-        L.append("| reader only, MySQL 9, same %s-row binlog: streaming rows/s (median of %d; runs %s) | **%s** | %s | **%.1f×** | ≥ 3× | %s |" % (
+        L.append("| reader only, MySQL 9, same %s-row binlog: streaming rows/s (median of %d; runs %s) | **%s** | %s | **%.1f×** | %s | %s |" % (
             fmt(ROWS), len(c["runs"]), ", ".join(fmt(x) for x in c["runs"]), fmt(c["stream"]), fmt(d["stream"]),
-            ratio, "met" if ratio >= 3 else "missed by %.0f%%" % (100 * (1 - ratio / 3)), "—"))
+            ratio, "≥ 3×: " + ("met" if ratio >= 3 else "missed by %.0f%%" % (100 * (1 - ratio / 3))), "—"))
         L.append("| ... launch → all in Kafka, s | %s | %s | %.1f× | | |" % (
             fmt(c["all_s"], 1), fmt(d["all_s"], 1), d["all_s"] / c["all_s"]))
-        L.append("| ... CPU s (whole process / while streaming) | %s / %s | %s / %s | %.2f× less | | |" % (
+        L.append("| ... CPU s (whole process / while streaming) | %s / %s | %s / %s | %.1f× less | | |" % (
             fmt(c["cpu"], 1), fmt(c["cpu_stream"], 1), fmt(d["cpu"], 1), fmt(d["cpu_stream"], 1),
             d["cpu"] / max(c["cpu"], 1e-3)))
         L.append("| ... peak RSS, MiB | %s | %s | %.0f× less | ≤ 150 | |" % (fmt(c["rss"], 1), fmt(d["rss"]),
@@ -670,7 +690,7 @@ def report():
             fmt(ROWS), ", ".join(fmt(x) for x in c["runs"]), fmt(c["median"])))
         L.append("| ... peak RSS MiB / CPU µs per row | %s / %s | | | ≤ 150 | |" % (fmt(c["rss"], 1), fmt(c["cpu_per_mrow"], 1)))
     if "applier_wall" in R:
-        L.append("| applier only (`applier-bench`, realistic mix), rows/s wall / first→last commit | %s / %s | JDBC sink not resolvable | — | ≥ 1.5× sink: not measurable | %s (%.0f%%) |" % (
+        L.append("| applier only (`applier-bench`, realistic mix), rows/s wall / first→last commit | %s / %s | JDBC sink not resolvable | — | ≥ 1.5× sink: not measurable; issue 4: ≥ 80%% of raw, ≥ 30k | %s (%.0f%%) |" % (
             fmt(R["applier_wall"]), fmt(R["applier_steady"]), fmt(R["ceiling_start"]),
             100 * R["applier_steady"] / R["ceiling_start"]))
         L.append("| ... peak RSS MiB / CPU s | %s / %s | | | ≤ 150 | |" % (fmt(R["applier_rss"], 1), fmt(R["applier_cpu"], 1)))
@@ -715,6 +735,40 @@ def report():
         L.append("CPU per row change while streaming (µs, reader / applier): " + "; ".join(
             "%s (batch %s): %.0f / %.0f" % (lr["label"], lr["batch_ms"], lr["reader_us_row"], lr["applier_us_row"])
             for lr in R["latency"]) + ".")
+    # The issue's targets, one line each.
+    L.append("")
+    L.append("Targets (issue 6):")
+    L.append("")
+    if "reader_mysql9" in R and "debezium" in R:
+        L.append("- reader ≥ 3× Debezium: %.2f× → %s." % (ratio, "met" if ratio >= 3 else
+                 "**missed** by %.0f%% (needs %s rows/s)" % (100 * (1 - ratio / 3), fmt(3 * R["debezium"]["stream"]))))
+    L.append("- applier ≥ 1.5× Debezium's JDBC sink: not measurable here (no JDBC sink connector resolves "
+             "from the reachable registry); applier vs the raw-SQL ceiling instead: %s." % (
+                 "%.0f%%" % (100 * R["applier_steady"] / R["ceiling_start"]) if "applier_steady" in R else "not run"))
+    for lr in R.get("latency", []):
+        if lr["label"].startswith("%d " % LATENCY_RATE):
+            p99 = lr["lat"]["p99"]
+            L.append("- e2e p99 ≤ 100 ms at %d rows/s (applier batch_max_ms %s): %s ms → %s." % (
+                LATENCY_RATE, lr["batch_ms"], fmt(p99, 1),
+                "met" if p99 <= 100 else "**missed** by %s ms" % fmt(p99 - 100, 0)))
+    rss = []
+    if "reader_mysql9" in R:
+        rss.append(("reader (MySQL 9)", R["reader_mysql9"]["rss"]))
+    if "reader_mariadb" in R:
+        rss.append(("reader-bench", R["reader_mariadb"]["rss"]))
+    if "applier_rss" in R:
+        rss.append(("applier-bench applier", R["applier_rss"]))
+    if "stream_reader" in R:
+        rss += [("streaming reader", R["stream_reader"][1]), ("streaming applier", R["stream_applier"][1])]
+    if "stream_applier_lowlat" in R:
+        rss.append(("streaming applier, batch %d ms" % LOW_LATENCY_BATCH_MS, R["stream_applier_lowlat"][1]))
+    if "snapshot" in R:
+        rss += [("snapshot reader", R["snapshot"]["reader"][1]), ("snapshot applier", R["snapshot"]["applier"][1])]
+    if rss:
+        worst = max(rss, key=lambda x: x[1])
+        L.append("- each cdcsync process ≤ 150 MiB peak RSS: largest %s MiB (%s) → %s; all: %s." % (
+            fmt(worst[1], 1), worst[0], "met" if worst[1] <= 150 else "**missed** by %s MiB" % fmt(worst[1] - 150, 1),
+            ", ".join("%s %s" % (n, fmt(v, 1)) for n, v in rss)))
     if "debezium" in R:
         d = R["debezium"]
         L.append("")
