@@ -110,3 +110,20 @@ pub async fn run_once(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_tables_default_to_exact_included_tables() {
+        let source: SourceConfig = cdc_config::from_toml(
+            "name = \"s\"\nurl = \"mysql://u@h:1\"\ninclude_tables = [\"shop.orders\", \"shop.*\", \"shop.items\"]\nexclude_tables = [\"shop.items\"]\n",
+        )
+        .unwrap();
+        let names = |cfg: &ReconcileConfig| scheduled_tables(&source, cfg).iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&ReconcileConfig::default()), vec!["shop.orders"]);
+        let explicit = ReconcileConfig { tables: vec!["shop.users".into()], ..Default::default() };
+        assert_eq!(names(&explicit), vec!["shop.users"]);
+    }
+}
