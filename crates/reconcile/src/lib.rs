@@ -9,7 +9,7 @@
 //! * [`schema`]: the two tables' column types;
 //! * [`repair`]: repair events into the table's topic;
 //! * [`report`]: the human summary and the JSON-lines file;
-//! * [`metrics`]: `cdcsync_reconcile_*`.
+//! * [`metrics`]: the `cdcsync_reconcile_*` metrics.
 //!
 //! **Architecture invariant:** reconciliation reads the source and the warehouse but writes only
 //! to Kafka; a repair is a change event that the applier applies under its version guard, never

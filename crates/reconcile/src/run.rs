@@ -224,7 +224,6 @@ impl Reconciler {
                 }
             }
         }
-        drop(outcomes);
 
         let (persisting, converged) = self.recheck(&plan, candidates).await?;
         report.in_flight = converged;
