@@ -92,7 +92,8 @@ mod tests {
     #[test]
     fn defaults_validate_and_bad_values_name_the_key() {
         ReconcileConfig::default().validate().unwrap();
-        let cases: [(&str, fn(&mut ReconcileConfig)); 4] = [
+        type Breaker = fn(&mut ReconcileConfig);
+        let cases: [(&str, Breaker); 4] = [
             ("reconcile.chunk_rows", |c| c.chunk_rows = 10),
             ("reconcile.parallelism", |c| c.parallelism = 0),
             ("reconcile.recheck_interval_ms", |c| c.recheck_interval_ms = 0),
