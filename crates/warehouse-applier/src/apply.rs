@@ -86,7 +86,12 @@ impl Applier {
     /// Applies `events` (in offset order) in one transaction. On a data error the transaction is
     /// retried with one savepoint per event, and the events PostgreSQL rejects are returned in
     /// [`Applied::rejected`] while the rest commit.
-    pub async fn apply(&self, topic: &str, partition: i32, events: &[Prepared]) -> Result<Applied, ApplyError> {
+    pub async fn apply(
+        &self,
+        topic: &str,
+        partition: i32,
+        events: &[Prepared],
+    ) -> Result<Applied, ApplyError> {
         if events.is_empty() {
             return Ok(Applied::default());
         }
@@ -124,40 +129,69 @@ impl Applier {
                 }
             }
             let schema = self.warehouse.target_schema(&e.table.db).to_string();
-            match self.tables.ensure(&self.pool, &schema, &e.table.table, &e.schema).await {
-                Ok(target) => runs.push(Run { target, label: format!("{}.{}", e.table.db, e.table.table), events: vec![(i, e)] }),
+            match self
+                .tables
+                .ensure(&self.pool, &schema, &e.table.table, &e.schema)
+                .await
+            {
+                Ok(target) => runs.push(Run {
+                    target,
+                    label: format!("{}.{}", e.table.db, e.table.table),
+                    events: vec![(i, e)],
+                }),
                 Err(err) => return (runs, Some(err)),
             }
         }
         (runs, None)
     }
 
-    async fn apply_runs(&self, topic: &str, partition: i32, runs: &[Run<'_>]) -> Result<Applied, ApplyError> {
+    async fn apply_runs(
+        &self,
+        topic: &str,
+        partition: i32,
+        runs: &[Run<'_>],
+    ) -> Result<Applied, ApplyError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Applied::default();
         for (n, run) in runs.iter().enumerate() {
-            let (counts, fresh_ts) = self.apply_run(&mut tx, n, topic, partition, run, &run.events).await?;
+            let (counts, fresh_ts) = self
+                .apply_run(&mut tx, n, topic, partition, run, &run.events)
+                .await?;
             merge(&mut out, &run.label, counts, fresh_ts);
         }
         tx.commit().await?;
         Ok(out)
     }
 
-    async fn apply_row_by_row(&self, topic: &str, partition: i32, runs: &[Run<'_>]) -> Result<Applied, ApplyError> {
+    async fn apply_row_by_row(
+        &self,
+        topic: &str,
+        partition: i32,
+        runs: &[Run<'_>],
+    ) -> Result<Applied, ApplyError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Applied::default();
         let mut n = 0;
         for run in runs {
             for one in &run.events {
                 n += 1;
-                sqlx::query("SAVEPOINT cdcsync_row").execute(&mut *tx).await?;
-                match self.apply_run(&mut tx, n, topic, partition, run, std::slice::from_ref(one)).await {
+                sqlx::query("SAVEPOINT cdcsync_row")
+                    .execute(&mut *tx)
+                    .await?;
+                match self
+                    .apply_run(&mut tx, n, topic, partition, run, std::slice::from_ref(one))
+                    .await
+                {
                     Ok((counts, ts)) => {
-                        sqlx::query("RELEASE SAVEPOINT cdcsync_row").execute(&mut *tx).await?;
+                        sqlx::query("RELEASE SAVEPOINT cdcsync_row")
+                            .execute(&mut *tx)
+                            .await?;
                         merge(&mut out, &run.label, counts, ts);
                     }
                     Err(ApplyError::Data(e)) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT cdcsync_row").execute(&mut *tx).await?;
+                        sqlx::query("ROLLBACK TO SAVEPOINT cdcsync_row")
+                            .execute(&mut *tx)
+                            .await?;
                         out.rejected.push((one.0, e));
                     }
                     Err(e) => return Err(e),
@@ -186,7 +220,8 @@ impl Applier {
         // Winners: the highest version per key; duplicates of an id within the batch are
         // staged once.
         let mut winners: HashMap<&str, usize> = HashMap::with_capacity(events.len());
-        let mut seen_ids: std::collections::HashSet<&str> = std::collections::HashSet::with_capacity(events.len());
+        let mut seen_ids: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(events.len());
         let mut in_batch_dups = 0u64;
         let mut staged: Vec<&Prepared> = Vec::with_capacity(events.len());
         for (_, e) in events {
@@ -296,7 +331,11 @@ impl Applier {
         }
         counts.duplicates = in_batch_dups + (staged.len() as u64 - fresh);
         counts.stale = fresh_winners.saturating_sub(written);
-        let ts = if counts.duplicates == 0 { staged.iter().map(|e| e.source_ts_ms).collect() } else { Vec::new() };
+        let ts = if counts.duplicates == 0 {
+            staged.iter().map(|e| e.source_ts_ms).collect()
+        } else {
+            Vec::new()
+        };
         Ok((counts, ts))
     }
 
@@ -306,7 +345,11 @@ impl Applier {
         let m = ident(&self.meta_schema);
         let t = &target.qualified;
         let col_list = cols.join(", ");
-        let s_cols = cols.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+        let s_cols = cols
+            .iter()
+            .map(|c| format!("s.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let key_cols: Vec<String> = target.key.iter().map(|k| ident(k)).collect();
         let mut set: Vec<String> = cols
             .iter()
@@ -320,7 +363,11 @@ impl Applier {
         let (up_filter, extra) = match self.delete_mode {
             DeleteMode::Soft => (String::new(), String::new()),
             DeleteMode::Hard => {
-                let key_match = key_cols.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+                let key_match = key_cols
+                    .iter()
+                    .map(|k| format!("t.{k} = s.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
                 (
                     format!(
                         " AND NOT s._cdc_del AND NOT EXISTS (SELECT 1 FROM {m}.tombstones tb \
@@ -339,7 +386,9 @@ impl Applier {
         };
         let written = match self.delete_mode {
             DeleteMode::Soft => "(SELECT count(*) FROM up)".to_string(),
-            DeleteMode::Hard => "(SELECT count(*) FROM up) + (SELECT count(*) FROM del)".to_string(),
+            DeleteMode::Hard => {
+                "(SELECT count(*) FROM up) + (SELECT count(*) FROM del)".to_string()
+            }
         };
         format!(
             "WITH fresh AS (\

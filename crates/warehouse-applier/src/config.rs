@@ -153,43 +153,87 @@ impl ApplierConfig {
     /// Checks values that would fail later; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.group_id.trim().is_empty() {
-            return Err(ConfigError::invalid("applier.group_id", "is empty: name the consumer group (e.g. \"cdcsync-applier\")"));
+            return Err(ConfigError::invalid(
+                "applier.group_id",
+                "is empty: name the consumer group (e.g. \"cdcsync-applier\")",
+            ));
         }
         if let Some(p) = &self.topic_pattern {
             if !self.topics.is_empty() {
-                return Err(ConfigError::invalid("applier.topic_pattern", "set either applier.topics or applier.topic_pattern, not both"));
+                return Err(ConfigError::invalid(
+                    "applier.topic_pattern",
+                    "set either applier.topics or applier.topic_pattern, not both",
+                ));
             }
             if !p.starts_with('^') {
-                return Err(ConfigError::invalid("applier.topic_pattern", format!("{p:?} must start with '^' (librdkafka treats only such names as patterns)")));
+                return Err(ConfigError::invalid(
+                    "applier.topic_pattern",
+                    format!(
+                        "{p:?} must start with '^' (librdkafka treats only such names as patterns)"
+                    ),
+                ));
             }
         }
         if self.batch_max_events == 0 || self.batch_max_events > 100_000 {
-            return Err(ConfigError::invalid("applier.batch_max_events", "must be between 1 and 100000"));
+            return Err(ConfigError::invalid(
+                "applier.batch_max_events",
+                "must be between 1 and 100000",
+            ));
         }
         if self.batch_max_ms == 0 {
-            return Err(ConfigError::invalid("applier.batch_max_ms", "must be above 0"));
+            return Err(ConfigError::invalid(
+                "applier.batch_max_ms",
+                "must be above 0",
+            ));
         }
         if self.max_concurrent_transactions == 0 {
-            return Err(ConfigError::invalid("applier.max_concurrent_transactions", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "applier.max_concurrent_transactions",
+                "must be at least 1",
+            ));
         }
         if self.retention_interval_secs == 0 {
-            return Err(ConfigError::invalid("applier.retention_interval_secs", "must be above 0"));
+            return Err(ConfigError::invalid(
+                "applier.retention_interval_secs",
+                "must be above 0",
+            ));
         }
         if self.processed_retention_secs < 60 {
-            return Err(ConfigError::invalid("applier.processed_retention_secs", "must be at least 60: ids younger than a redelivery window must be kept"));
+            return Err(ConfigError::invalid(
+                "applier.processed_retention_secs",
+                "must be at least 60: ids younger than a redelivery window must be kept",
+            ));
         }
-        if self.retry_initial_backoff_ms == 0 || self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
-            return Err(ConfigError::invalid("applier.retry_max_backoff_ms", "must be at least applier.retry_initial_backoff_ms, which must be above 0"));
+        if self.retry_initial_backoff_ms == 0
+            || self.retry_max_backoff_ms < self.retry_initial_backoff_ms
+        {
+            return Err(ConfigError::invalid(
+                "applier.retry_max_backoff_ms",
+                "must be at least applier.retry_initial_backoff_ms, which must be above 0",
+            ));
         }
         if self.lag_interval_ms < 100 {
-            return Err(ConfigError::invalid("applier.lag_interval_ms", "must be at least 100"));
+            return Err(ConfigError::invalid(
+                "applier.lag_interval_ms",
+                "must be at least 100",
+            ));
         }
         if let Some(t) = &self.dead_letter_topic {
-            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                return Err(ConfigError::invalid("applier.dead_letter_topic", format!("{t:?} must be a Kafka topic name (letters, digits, '.', '_', '-')")));
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(ConfigError::invalid(
+                    "applier.dead_letter_topic",
+                    format!("{t:?} must be a Kafka topic name (letters, digits, '.', '_', '-')"),
+                ));
             }
             if self.topics.iter().any(|x| x == t) {
-                return Err(ConfigError::invalid("applier.dead_letter_topic", "must not be one of applier.topics"));
+                return Err(ConfigError::invalid(
+                    "applier.dead_letter_topic",
+                    "must not be one of applier.topics",
+                ));
             }
         }
         Ok(())
@@ -200,14 +244,17 @@ impl ApplierConfig {
         if !self.topics.is_empty() {
             return self.topics.clone();
         }
-        vec![self.topic_pattern.clone().unwrap_or_else(|| {
-            format!("^{}\\.[^.]+\\.[^.]+$", prefix.replace('.', "\\."))
-        })]
+        vec![self
+            .topic_pattern
+            .clone()
+            .unwrap_or_else(|| format!("^{}\\.[^.]+\\.[^.]+$", prefix.replace('.', "\\.")))]
     }
 
     /// The dead-letter topic, defaulting to `<prefix>.dead_letter`.
     pub fn dead_letter_topic(&self, prefix: &str) -> String {
-        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{prefix}.dead_letter"))
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{prefix}.dead_letter"))
     }
 }
 
@@ -224,7 +271,10 @@ mod tests {
         let c = parse("").unwrap();
         c.validate().unwrap();
         assert_eq!(c.delete_mode, DeleteMode::Soft);
-        assert_eq!(c.subscription("shop"), vec!["^shop\\.[^.]+\\.[^.]+$".to_string()]);
+        assert_eq!(
+            c.subscription("shop"),
+            vec!["^shop\\.[^.]+\\.[^.]+$".to_string()]
+        );
         assert_eq!(c.dead_letter_topic("shop"), "shop.dead_letter");
         let e = parse("colour = 1").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
@@ -235,18 +285,33 @@ mod tests {
         let cases = [
             ("batch_max_events = 0", "applier.batch_max_events"),
             ("batch_max_ms = 0", "applier.batch_max_ms"),
-            ("max_concurrent_transactions = 0", "applier.max_concurrent_transactions"),
+            (
+                "max_concurrent_transactions = 0",
+                "applier.max_concurrent_transactions",
+            ),
             ("topic_pattern = \"shop.*\"", "applier.topic_pattern"),
-            ("topics = [\"a\"]\ntopic_pattern = \"^a\"", "applier.topic_pattern"),
-            ("processed_retention_secs = 5", "applier.processed_retention_secs"),
+            (
+                "topics = [\"a\"]\ntopic_pattern = \"^a\"",
+                "applier.topic_pattern",
+            ),
+            (
+                "processed_retention_secs = 5",
+                "applier.processed_retention_secs",
+            ),
             ("dead_letter_topic = \"a b\"", "applier.dead_letter_topic"),
-            ("retry_initial_backoff_ms = 100\nretry_max_backoff_ms = 50", "applier.retry_max_backoff_ms"),
+            (
+                "retry_initial_backoff_ms = 100\nretry_max_backoff_ms = 50",
+                "applier.retry_max_backoff_ms",
+            ),
         ];
         for (extra, key) in cases {
             let err = parse(extra).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
         let c = parse("delete_mode = \"hard\"\nschema_evolution = \"fail\"").unwrap();
-        assert_eq!((c.delete_mode, c.schema_evolution), (DeleteMode::Hard, SchemaEvolution::Fail));
+        assert_eq!(
+            (c.delete_mode, c.schema_evolution),
+            (DeleteMode::Hard, SchemaEvolution::Fail)
+        );
     }
 }

@@ -76,12 +76,20 @@ pub struct Context {
 
 impl Context {
     /// A context whose workers apply with `shared` on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle, shared: Arc<WorkerShared>, revoke_timeout: Duration, committed: Committed) -> Self {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        shared: Arc<WorkerShared>,
+        revoke_timeout: Duration,
+        committed: Committed,
+    ) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         // Two batches: one being collected while the previous one is applied.
         let channel_capacity = 2 * shared.batch_max_events.max(1);
         Context {
-            state: Mutex::new(State { workers: HashMap::new(), fatal: None }),
+            state: Mutex::new(State {
+                workers: HashMap::new(),
+                fatal: None,
+            }),
             runtime,
             shared,
             events_tx,
@@ -103,11 +111,15 @@ impl Context {
             stop.clone(),
             self.events_tx.clone(),
         ));
-        state
-            .workers
-            .entry(topic.to_string())
-            .or_default()
-            .insert(partition, Worker { tx, stop, pending: VecDeque::new(), paused: false });
+        state.workers.entry(topic.to_string()).or_default().insert(
+            partition,
+            Worker {
+                tx,
+                stop,
+                pending: VecDeque::new(),
+                paused: false,
+            },
+        );
         // The dead-letter counter of the topic exists (at 0) from its first assignment on.
         metrics::DEAD_LETTERS.with_label_values(&[topic]);
         tracing::info!(topic, partition, "partition assigned");
@@ -142,7 +154,11 @@ impl Context {
                 }
             };
             match ev {
-                WorkerEvent::Durable { topic, partition, offset } => {
+                WorkerEvent::Durable {
+                    topic,
+                    partition,
+                    offset,
+                } => {
                     // `rd_kafka_offset_store` stores offset + 1: the next message to read.
                     if let Err(e) = consumer.store_offset(&topic, partition, offset) {
                         tracing::debug!(%topic, partition, error = %e, "offset not stored (partition no longer assigned)");
@@ -162,12 +178,20 @@ impl Context {
     }
 
     /// Stops the workers of `partitions` (all when `None`), waits for them and commits.
-    fn stop_workers(&self, consumer: &BaseConsumer<Context>, partitions: Option<&TopicPartitionList>) {
+    fn stop_workers(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        partitions: Option<&TopicPartitionList>,
+    ) {
         let mut waiting = HashMap::new();
         {
             let mut st = self.state.lock().unwrap();
             let keys: Vec<(String, i32)> = match partitions {
-                Some(tpl) => tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+                Some(tpl) => tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect(),
                 None => st
                     .workers
                     .iter()
@@ -186,7 +210,11 @@ impl Context {
         if waiting.is_empty() {
             return;
         }
-        self.drain_events(consumer, Some(Instant::now() + self.revoke_timeout), Some(&mut waiting));
+        self.drain_events(
+            consumer,
+            Some(Instant::now() + self.revoke_timeout),
+            Some(&mut waiting),
+        );
         if !waiting.is_empty() {
             tracing::warn!(partitions = ?waiting.keys().collect::<Vec<_>>(),
                 "in-flight batches did not finish within applier.revoke_timeout_ms; their tail will be re-read by the next owner");
@@ -203,12 +231,18 @@ impl ClientContext for Context {
         let st = self.state.lock().unwrap();
         let mut lags = Vec::new();
         for (name, topic) in &statistics.topics {
-            let Some(assigned) = st.workers.get(name) else { continue };
+            let Some(assigned) = st.workers.get(name) else {
+                continue;
+            };
             for (p, part) in &topic.partitions {
                 if *p < 0 || !assigned.contains_key(p) || part.hi_offset < 0 {
                     continue;
                 }
-                let base = if part.committed_offset >= 0 { part.committed_offset } else { part.lo_offset.max(0) };
+                let base = if part.committed_offset >= 0 {
+                    part.committed_offset
+                } else {
+                    part.lo_offset.max(0)
+                };
                 lags.push((name.clone(), *p, (part.hi_offset - base).max(0)));
             }
         }
@@ -296,8 +330,14 @@ pub fn poll_loop(
         }
         // While some partition waits for its worker, come back soon to hand over its messages
         // and resume it; otherwise block in poll longer.
-        let timeout = if backlogged { Duration::from_millis(5) } else { Duration::from_millis(100) };
-        let Some(res) = consumer.poll(timeout) else { continue };
+        let timeout = if backlogged {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
+        let Some(res) = consumer.poll(timeout) else {
+            continue;
+        };
         let m = match res {
             Ok(m) => m,
             Err(e) => {
@@ -312,8 +352,16 @@ pub fn poll_loop(
             consumed_at: Instant::now(),
         };
         let mut st = ctx.state.lock().unwrap();
-        let Some(w) = st.workers.get_mut(m.topic()).and_then(|ps| ps.get_mut(&m.partition())) else {
-            tracing::debug!(topic = m.topic(), partition = m.partition(), "message for an unassigned partition dropped");
+        let Some(w) = st
+            .workers
+            .get_mut(m.topic())
+            .and_then(|ps| ps.get_mut(&m.partition()))
+        else {
+            tracing::debug!(
+                topic = m.topic(),
+                partition = m.partition(),
+                "message for an unassigned partition dropped"
+            );
             continue;
         };
         if !w.pending.is_empty() {
@@ -322,7 +370,11 @@ pub fn poll_loop(
                 let mut tpl_one = TopicPartitionList::new();
                 tpl_one.add_partition(m.topic(), m.partition());
                 if consumer.pause(&tpl_one).is_ok() {
-                    tracing::debug!(topic = m.topic(), partition = m.partition(), "partition paused: its worker is behind");
+                    tracing::debug!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        "partition paused: its worker is behind"
+                    );
                     w.paused = true;
                 }
             }
@@ -353,7 +405,11 @@ pub fn poll_loop(
                     let mut tpl_one = TopicPartitionList::new();
                     tpl_one.add_partition(m.topic(), m.partition());
                     if consumer.pause(&tpl_one).is_ok() {
-                        tracing::debug!(topic = m.topic(), partition = m.partition(), "partition paused: its worker is behind");
+                        tracing::debug!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            "partition paused: its worker is behind"
+                        );
                         w.paused = true;
                     }
                 }

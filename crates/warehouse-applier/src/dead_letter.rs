@@ -51,21 +51,45 @@ impl DeadLetters {
             Err(e) => return Err(format!("cannot create dead-letter topic {topic}: {e}")),
         }
         let mut cfg = base.clone();
-        cfg.set("enable.idempotence", "true").set("acks", "all").set("message.timeout.ms", "30000");
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000");
         let producer: FutureProducer = cfg.create().map_err(|e| e.to_string())?;
         Ok(DeadLetters { producer, topic })
     }
 
     /// Sends `msg` with error headers and waits for the broker's acknowledgement.
-    pub async fn send(&self, source_topic: &str, partition: i32, msg: &Message, kind: &str, error: &str) -> Result<(), String> {
+    pub async fn send(
+        &self,
+        source_topic: &str,
+        partition: i32,
+        msg: &Message,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), String> {
         let part = partition.to_string();
         let off = msg.offset.to_string();
         let h = OwnedHeaders::new()
-            .insert(Header { key: headers::ERROR, value: Some(error) })
-            .insert(Header { key: headers::ERROR_KIND, value: Some(kind) })
-            .insert(Header { key: headers::TOPIC, value: Some(source_topic) })
-            .insert(Header { key: headers::PARTITION, value: Some(&part) })
-            .insert(Header { key: headers::OFFSET, value: Some(&off) });
+            .insert(Header {
+                key: headers::ERROR,
+                value: Some(error),
+            })
+            .insert(Header {
+                key: headers::ERROR_KIND,
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: headers::TOPIC,
+                value: Some(source_topic),
+            })
+            .insert(Header {
+                key: headers::PARTITION,
+                value: Some(&part),
+            })
+            .insert(Header {
+                key: headers::OFFSET,
+                value: Some(&off),
+            });
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
         if let Some(k) = &msg.key {
             rec = rec.key(k.as_slice());

@@ -74,8 +74,12 @@ impl PgErrorKind {
     pub fn of_sqlstate(code: &str) -> Self {
         match code {
             "40001" | "40P01" => PgErrorKind::Serialization,
-            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => PgErrorKind::Connection,
-            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => PgErrorKind::Data,
+            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                PgErrorKind::Connection
+            }
+            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+                PgErrorKind::Data
+            }
             _ => PgErrorKind::Other,
         }
     }
@@ -108,7 +112,10 @@ impl From<sqlx::Error> for ApplyError {
             PgErrorKind::Data => ApplyError::Data(e.to_string()),
             // Unknown errors are retried rather than dropped: stalling one partition (visible as
             // lag, alerting) is better than losing data on an error we did not anticipate.
-            _ => ApplyError::Transient { kind, message: e.to_string() },
+            _ => ApplyError::Transient {
+                kind,
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -51,7 +51,10 @@ pub fn consumer_config(kafka: &KafkaConfig, applier: &ApplierConfig) -> ClientCo
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", applier.lag_interval_ms.to_string())
+        .set(
+            "statistics.interval.ms",
+            applier.lag_interval_ms.to_string(),
+        )
         // Bounds what librdkafka prefetches (and so the applier's memory) while PostgreSQL is
         // slow or down and partitions are paused.
         .set("queued.max.messages.kbytes", "16384")
@@ -73,7 +76,8 @@ fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (k, v) in &kafka.properties {
         // Consumer-only properties would make producer/admin creation warn; pass the rest.
-        if !k.starts_with("session.") && !k.starts_with("heartbeat.") && !k.starts_with("max.poll") {
+        if !k.starts_with("session.") && !k.starts_with("heartbeat.") && !k.starts_with("max.poll")
+        {
             c.set(k, v);
         }
     }
@@ -176,7 +180,11 @@ pub async fn run(
     let h = health.clone();
     let result = tokio::task::spawn_blocking(move || consumer::poll_loop(consumer, shutdown, h))
         .await
-        .unwrap_or_else(|e| Err(ApplierError::Kafka(format!("consumer thread panicked: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(ApplierError::Kafka(format!(
+                "consumer thread panicked: {e}"
+            )))
+        });
     health.set_ready(false);
     retention_stop.cancel();
     let _ = retention.await;

@@ -25,7 +25,11 @@ pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 /// `cdcsync_applier_backlog_messages`.
 pub static BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("cdcsync_applier_backlog_messages", "Sum of the lag over the assigned partitions").unwrap()
+    register_int_gauge!(
+        "cdcsync_applier_backlog_messages",
+        "Sum of the lag over the assigned partitions"
+    )
+    .unwrap()
 });
 /// `cdcsync_applier_end_to_end_latency_seconds`.
 pub static END_TO_END: LazyLock<Histogram> = LazyLock::new(|| {
@@ -170,15 +174,24 @@ impl BatchApplied<'_> {
         for (table, c) in self.tables {
             for (i, op) in ["c", "u", "d", "r"].iter().enumerate() {
                 if c.applied[i] > 0 {
-                    ROWS_APPLIED.with_label_values(&[table.as_str(), op]).inc_by(c.applied[i]);
+                    ROWS_APPLIED
+                        .with_label_values(&[table.as_str(), op])
+                        .inc_by(c.applied[i]);
                 }
             }
             // Always touched, so the series exist (at 0) from the table's first batch on.
-            DUPLICATES.with_label_values(&[table.as_str()]).inc_by(c.duplicates);
+            DUPLICATES
+                .with_label_values(&[table.as_str()])
+                .inc_by(c.duplicates);
             STALE.with_label_values(&[table.as_str()]).inc_by(c.stale);
         }
-        tracing::debug!(topic = self.topic, partition = self.partition, size = self.size,
-            ms = self.duration.as_millis() as u64, "batch committed");
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            size = self.size,
+            ms = self.duration.as_millis() as u64,
+            "batch committed"
+        );
     }
 }
 
@@ -198,8 +211,13 @@ impl DeadLettered<'_> {
     /// Logs and counts.
     pub fn emit(&self) {
         DEAD_LETTERS.with_label_values(&[self.topic]).inc();
-        tracing::warn!(topic = self.topic, partition = self.partition, offset = self.offset,
-            error = self.error, "message sent to the dead-letter topic");
+        tracing::warn!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            error = self.error,
+            "message sent to the dead-letter topic"
+        );
     }
 }
 
@@ -214,7 +232,9 @@ pub struct PostgresError<'a> {
 impl PostgresError<'_> {
     /// Logs and counts.
     pub fn emit(&self) {
-        POSTGRES_ERRORS.with_label_values(&[self.kind.label()]).inc();
+        POSTGRES_ERRORS
+            .with_label_values(&[self.kind.label()])
+            .inc();
         tracing::warn!(kind = self.kind.label(), error = %self.error, "PostgreSQL error");
     }
 }
@@ -231,7 +251,9 @@ impl LagObserved<'_> {
         CONSUMER_LAG.reset();
         let mut total = 0;
         for (topic, partition, lag) in self.partitions {
-            CONSUMER_LAG.with_label_values(&[topic.as_str(), &partition.to_string()]).set(*lag);
+            CONSUMER_LAG
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(*lag);
             total += *lag;
         }
         BACKLOG.set(total);

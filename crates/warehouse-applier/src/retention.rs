@@ -22,7 +22,14 @@ use crate::consumer::Committed;
 use crate::types::ident;
 
 /// Runs the retention job every `interval` until `shutdown`.
-pub async fn run(pool: PgPool, meta: String, committed: Committed, retention: Duration, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    meta: String,
+    committed: Committed,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -37,7 +44,12 @@ pub async fn run(pool: PgPool, meta: String, committed: Committed, retention: Du
 }
 
 /// One pass: deletes ids older than `retention` and below their partition's committed offset.
-pub async fn prune_once(pool: &PgPool, meta: &str, committed: &Committed, retention: Duration) -> Result<u64, sqlx::Error> {
+pub async fn prune_once(
+    pool: &PgPool,
+    meta: &str,
+    committed: &Committed,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
     let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) = {
         let c = committed.lock().unwrap();
         let mut t = Vec::new();

@@ -18,7 +18,12 @@ use crate::error::{ApplierError, ApplyError};
 use crate::types::{ident, literal, pg_type};
 
 /// Bookkeeping columns every target table has, after the source columns.
-pub const BOOKKEEPING: [&str; 4] = ["_cdc_version", "_cdc_deleted", "_cdc_source_ts", "_cdc_applied_at"];
+pub const BOOKKEEPING: [&str; 4] = [
+    "_cdc_version",
+    "_cdc_deleted",
+    "_cdc_source_ts",
+    "_cdc_applied_at",
+];
 
 /// A target table as the applier knows it.
 #[derive(Debug)]
@@ -43,7 +48,11 @@ pub struct Tables {
 impl Tables {
     /// An empty cache.
     pub fn new(create: bool, evolution: SchemaEvolution) -> Self {
-        Tables { cache: Mutex::new(HashMap::new()), create, evolution }
+        Tables {
+            cache: Mutex::new(HashMap::new()),
+            create,
+            evolution,
+        }
     }
 
     /// Forgets what is known about tables (after an error that may come from a stale view).
@@ -101,8 +110,12 @@ impl Tables {
                 ))
                 .into());
             }
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema))).execute(&mut *tx).await?;
-            sqlx::query(&create_table_sql(&qualified, source)).execute(&mut *tx).await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&create_table_sql(&qualified, source))
+                .execute(&mut *tx)
+                .await?;
             tracing::info!(table = %name, "created target table");
             columns = source.columns.iter().map(|c| c.name.clone()).collect();
             columns.extend(BOOKKEEPING.iter().map(|s| s.to_string()));
@@ -145,7 +158,12 @@ impl Tables {
             ))
             .into());
         }
-        Ok(Target { qualified, name, key, columns })
+        Ok(Target {
+            qualified,
+            name,
+            key,
+            columns,
+        })
     }
 }
 
@@ -153,8 +171,16 @@ impl Tables {
 pub fn create_table_sql(qualified: &str, source: &TableSchema) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {qualified} (\n");
     for c in &source.columns {
-        let not_null = if source.primary_key.contains(&c.name) { " NOT NULL" } else { "" };
-        sql.push_str(&format!("  {} {}{not_null},\n", ident(&c.name), pg_type(&c.ty)));
+        let not_null = if source.primary_key.contains(&c.name) {
+            " NOT NULL"
+        } else {
+            ""
+        };
+        sql.push_str(&format!(
+            "  {} {}{not_null},\n",
+            ident(&c.name),
+            pg_type(&c.ty)
+        ));
     }
     sql.push_str("  _cdc_version numeric(39,0) NOT NULL,\n");
     sql.push_str("  _cdc_deleted boolean NOT NULL DEFAULT false,\n");
@@ -206,8 +232,19 @@ mod tests {
     fn create_table_has_key_and_bookkeeping() {
         let s = TableSchema {
             columns: vec![
-                ColumnSchema { name: "id".into(), ty: ColumnType::BigInt { unsigned: true }, nullable: false },
-                ColumnSchema { name: "total".into(), ty: ColumnType::Decimal { precision: 12, scale: 2 }, nullable: false },
+                ColumnSchema {
+                    name: "id".into(),
+                    ty: ColumnType::BigInt { unsigned: true },
+                    nullable: false,
+                },
+                ColumnSchema {
+                    name: "total".into(),
+                    ty: ColumnType::Decimal {
+                        precision: 12,
+                        scale: 2,
+                    },
+                    nullable: false,
+                },
             ],
             primary_key: vec!["id".into()],
         };

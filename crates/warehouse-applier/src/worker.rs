@@ -109,7 +109,11 @@ pub async fn run_worker(
         match process(&shared, &topic, partition, &mut cache, &batch, &stop).await {
             Ok(true) => {
                 let offset = batch.last().map(|m| m.offset).unwrap_or_default();
-                let _ = events.send(WorkerEvent::Durable { topic: topic.clone(), partition, offset });
+                let _ = events.send(WorkerEvent::Durable {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                });
             }
             Ok(false) => break,
             Err(fatal) => {
@@ -180,16 +184,31 @@ async fn process(
         dead.push((origin[*i], "postgres", err.clone()));
     }
     let duration = started.elapsed();
-    metrics::BatchApplied { topic, partition, tables: &applied.tables, size: batch.len(), duration }.emit();
+    metrics::BatchApplied {
+        topic,
+        partition,
+        tables: &applied.tables,
+        size: batch.len(),
+        duration,
+    }
+    .emit();
     let consumed: Vec<Instant> = batch.iter().map(|m| m.consumed_at).collect();
-    metrics::Latencies { source_ts_ms: &applied.source_ts_ms, consumed: &consumed }.emit();
+    metrics::Latencies {
+        source_ts_ms: &applied.source_ts_ms,
+        consumed: &consumed,
+    }
+    .emit();
 
     dead.sort_by_key(|d| d.0);
     for (i, kind, error) in &dead {
         let msg = &batch[*i];
         let mut backoff = shared.backoff_initial;
         loop {
-            match shared.dead_letters.send(topic, partition, msg, kind, error).await {
+            match shared
+                .dead_letters
+                .send(topic, partition, msg, kind, error)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(topic, partition, offset = msg.offset, error = %e, "cannot produce to the dead-letter topic; retrying");
@@ -203,7 +222,13 @@ async fn process(
                 }
             }
         }
-        metrics::DeadLettered { topic, partition, offset: msg.offset, error }.emit();
+        metrics::DeadLettered {
+            topic,
+            partition,
+            offset: msg.offset,
+            error,
+        }
+        .emit();
     }
     Ok(true)
 }

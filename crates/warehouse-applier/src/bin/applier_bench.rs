@@ -15,14 +15,17 @@
 //! cargo run --release -p warehouse-applier --bin applier-bench -- --events 1000000
 //! ```
 //! Options: `--events N` (default 1000000), `--partitions P` (2), `--batch B` (2000),
-//! `--concurrency C` (2), `--skip-fill TOPIC` (reuse a filled topic), `--phase applier|baseline|both`.
+//! `--concurrency C` (2), `--skip-fill TOPIC` (reuse a filled topic), `--phase applier|baseline|both|decode`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_config::{KafkaConfig, Secret, TlsConfig, WarehouseConfig};
-use cdc_event::{BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker, Source, TableSchema, Version};
+use cdc_event::{
+    BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker, Source,
+    TableSchema, Version,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -44,7 +47,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { events: 1_000_000, partitions: 2, batch: 2000, concurrency: 2, topic: None, phase: "both".into(), child: false };
+    let mut a = Args {
+        events: 1_000_000,
+        partitions: 2,
+        batch: 2000,
+        concurrency: 2,
+        topic: None,
+        phase: "both".into(),
+        child: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -69,19 +80,40 @@ fn env(k: &str) -> String {
 /// The 15-column `orders` table of MEASURED.md.
 fn schema() -> Arc<TableSchema> {
     use ColumnType::*;
-    let c = |n: &str, ty: ColumnType| ColumnSchema { name: n.into(), ty, nullable: n != "id" };
+    let c = |n: &str, ty: ColumnType| ColumnSchema {
+        name: n.into(),
+        ty,
+        nullable: n != "id",
+    };
     Arc::new(TableSchema {
         columns: vec![
             c("id", BigInt { unsigned: true }),
             c("customer_id", Int { unsigned: true }),
-            c("status", Enum { values: vec!["new".into(), "paid".into(), "shipped".into()] }),
-            c("amount", Decimal { precision: 12, scale: 2 }),
+            c(
+                "status",
+                Enum {
+                    values: vec!["new".into(), "paid".into(), "shipped".into()],
+                },
+            ),
+            c(
+                "amount",
+                Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
             c("currency", Text { max_len: Some(3) }),
             c("items", SmallInt { unsigned: false }),
             c("shipping_address", Text { max_len: Some(200) }),
             c("note", Text { max_len: None }),
             c("country", Text { max_len: Some(2) }),
-            c("discount", Decimal { precision: 5, scale: 2 }),
+            c(
+                "discount",
+                Decimal {
+                    precision: 5,
+                    scale: 2,
+                },
+            ),
             c("weight_kg", Double),
             c("created_time", DateTime { fsp: 6 }),
             c("paid_time", DateTime { fsp: 6 }),
@@ -128,7 +160,10 @@ fn generate(total: usize, mut sink: impl FnMut(ChangeEvent)) {
     let mut w = 0u64;
     let mut mk = |op: Op, before: Option<Map<String, Value>>, after: Option<Map<String, Value>>| {
         pos += 300;
-        let p = BinlogPosition { file: "mysql-bin.000001".into(), pos };
+        let p = BinlogPosition {
+            file: "mysql-bin.000001".into(),
+            pos,
+        };
         ChangeEvent {
             before,
             after,
@@ -190,9 +225,19 @@ fn generate(total: usize, mut sink: impl FnMut(ChangeEvent)) {
 
 async fn fill(topic: &str, args: &Args) -> (usize, usize) {
     let bootstrap = env("KAFKA_BOOTSTRAP");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
     let res = admin
-        .create_topics([&NewTopic::new(topic, args.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                args.partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
         .await
         .unwrap();
     for r in res {
@@ -248,12 +293,24 @@ async fn fill(topic: &str, args: &Args) -> (usize, usize) {
 }
 
 async fn fresh_schema(pool: &sqlx::PgPool, name: &str) {
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).execute(pool).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA \"{name}\"")).execute(pool).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 fn warehouse(schema: &str) -> WarehouseConfig {
-    WarehouseConfig { url: env("POSTGRES_URL"), password: Secret::None, schema: Some(schema.into()), meta_schema: schema.into(), tls: TlsConfig::default() }
+    WarehouseConfig {
+        url: env("POSTGRES_URL"),
+        password: Secret::None,
+        schema: Some(schema.into()),
+        meta_schema: schema.into(),
+        tls: TlsConfig::default(),
+    }
 }
 
 /// Raw baseline: pre-decoded events, same SQL, same partitioning and concurrency, no Kafka.
@@ -261,11 +318,20 @@ async fn baseline(args: &Args, admin: &sqlx::PgPool) -> f64 {
     let schema_name = "bench_baseline";
     fresh_schema(admin, schema_name).await;
     let wh = warehouse(schema_name);
-    let pool = PgPoolOptions::new().max_connections(args.concurrency).connect(&wh.url).await.unwrap();
-    warehouse_applier::tables::ensure_meta(&pool, schema_name).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(args.concurrency)
+        .connect(&wh.url)
+        .await
+        .unwrap();
+    warehouse_applier::tables::ensure_meta(&pool, schema_name)
+        .await
+        .unwrap();
     let applier = Arc::new(Applier {
         pool: pool.clone(),
-        tables: warehouse_applier::tables::Tables::new(true, warehouse_applier::SchemaEvolution::AddColumns),
+        tables: warehouse_applier::tables::Tables::new(
+            true,
+            warehouse_applier::SchemaEvolution::AddColumns,
+        ),
         meta_schema: schema_name.into(),
         delete_mode: warehouse_applier::DeleteMode::Soft,
         warehouse: wh,
@@ -300,9 +366,34 @@ async fn baseline(args: &Args, admin: &sqlx::PgPool) -> f64 {
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = args.events as f64 / secs;
-    eprintln!("baseline: {} events in {secs:.1} s = {rate:.0} rows/s", args.events);
+    eprintln!(
+        "baseline: {} events in {secs:.1} s = {rate:.0} rows/s",
+        args.events
+    );
     pool.close().await;
     rate
+}
+
+/// Decoding alone (the applier's per-event CPU outside librdkafka and PostgreSQL), for profiling:
+/// `--phase decode` serialises the events first, then times `decode` over all of them.
+fn decode_only(args: &Args) {
+    let mut payloads = Vec::with_capacity(args.events);
+    generate(args.events, |e| {
+        payloads.push(serde_json::to_vec(&e).unwrap())
+    });
+    let mut cache = SchemaCache::default();
+    let started = Instant::now();
+    let mut events = 0usize;
+    for (i, p) in payloads.iter().enumerate() {
+        if let Decoded::Event(prep) = decode(&mut cache, i as i64, Some(p)) {
+            events += prep.row.len().min(1);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "decode           {events} events in {secs:.2} s = {:.2} µs per event",
+        secs * 1e6 / args.events as f64
+    );
 }
 
 /// User + system CPU seconds of this process so far (from /proc/self/stat, in clock ticks).
@@ -319,7 +410,10 @@ fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
@@ -328,7 +422,11 @@ async fn applier_child(args: &Args) {
     let topic = args.topic.clone().unwrap();
     let prefix = topic.split('.').next().unwrap().to_string();
     let schema_name = "bench_applier";
-    let admin = PgPoolOptions::new().max_connections(1).connect(&env("POSTGRES_URL")).await.unwrap();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&env("POSTGRES_URL"))
+        .await
+        .unwrap();
     fresh_schema(&admin, schema_name).await;
     let kafka = KafkaConfig {
         bootstrap_servers: env("KAFKA_BOOTSTRAP"),
@@ -350,12 +448,18 @@ async fn applier_child(args: &Args) {
     let wh = warehouse(schema_name);
     let started = Instant::now();
     let (k, w, c, s) = (kafka.clone(), wh.clone(), cfg.clone(), shutdown.clone());
-    let run = tokio::spawn(async move { warehouse_applier::run(&k, &w, &c, "bench", Health::new(), s).await });
+    let run =
+        tokio::spawn(
+            async move { warehouse_applier::run(&k, &w, &c, "bench", Health::new(), s).await },
+        );
     let count_sql = format!("SELECT count(*) FROM \"{schema_name}\".processed_messages");
     let mut first: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let n: i64 = sqlx::query_scalar(&count_sql).fetch_one(&admin).await.unwrap_or(0);
+        let n: i64 = sqlx::query_scalar(&count_sql)
+            .fetch_one(&admin)
+            .await
+            .unwrap_or(0);
         if n > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -375,7 +479,11 @@ async fn applier_child(args: &Args) {
     run.await.unwrap().unwrap();
     let rate = args.events as f64 / total;
     let steady = args.events as f64 / span.max(0.001);
-    println!("RESULT {rate:.0} {steady:.0} {} {:.2}", vm_hwm_kib(), cpu_seconds());
+    println!(
+        "RESULT {rate:.0} {steady:.0} {} {:.2}",
+        vm_hwm_kib(),
+        cpu_seconds()
+    );
     eprintln!("applier: {} events in {total:.1} s incl. group join = {rate:.0} rows/s; first→last commit {span:.1} s = {steady:.0} rows/s", args.events);
 }
 
@@ -384,12 +492,17 @@ async fn main() {
     let args = args();
     if args.child {
         // RUST_LOG=warehouse_applier=debug shows every batch.
-        let telemetry: cdc_config::TelemetryConfig = cdc_config::from_toml("log_level = \"warn\"").unwrap();
+        let telemetry: cdc_config::TelemetryConfig =
+            cdc_config::from_toml("log_level = \"warn\"").unwrap();
         cdc_telemetry::init_tracing(&telemetry);
         applier_child(&args).await;
         return;
     }
-    let admin = PgPoolOptions::new().max_connections(1).connect(&env("POSTGRES_URL")).await.unwrap();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&env("POSTGRES_URL"))
+        .await
+        .unwrap();
     let topic = match &args.topic {
         Some(t) => t.clone(),
         None => {
@@ -398,6 +511,10 @@ async fn main() {
             t
         }
     };
+    if args.phase == "decode" {
+        decode_only(&args);
+        return;
+    }
     let mut base = None;
     if args.phase == "baseline" || args.phase == "both" {
         base = Some(baseline(&args, &admin).await);
@@ -421,19 +538,33 @@ async fn main() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("RESULT ")).expect("child result");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("RESULT "))
+            .expect("child result");
         let f: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
         println!("topic            {topic}");
         println!("events           {}", args.events);
-        println!("partitions       {}  batch {}  connections {}", args.partitions, args.batch, args.concurrency);
+        println!(
+            "partitions       {}  batch {}  connections {}",
+            args.partitions, args.batch, args.concurrency
+        );
         if let Some(b) = base {
             println!("raw baseline     {b:.0} rows/s");
         }
         println!("applier          {:.0} rows/s (wall, incl. group join)  {:.0} rows/s (first→last commit)", f[0], f[1]);
         if let Some(b) = base {
-            println!("applier/baseline {:.0}% (wall)  {:.0}% (first→last commit)", 100.0 * f[0] / b, 100.0 * f[1] / b);
+            println!(
+                "applier/baseline {:.0}% (wall)  {:.0}% (first→last commit)",
+                100.0 * f[0] / b,
+                100.0 * f[1] / b
+            );
         }
         println!("applier peak RSS {:.1} MiB", f[2] / 1024.0);
-        println!("applier CPU      {:.1} s user+sys = {:.1} µs per event (client side only)", f[3], f[3] * 1e6 / args.events as f64);
+        println!(
+            "applier CPU      {:.1} s user+sys = {:.1} µs per event (client side only)",
+            f[3],
+            f[3] * 1e6 / args.events as f64
+        );
     }
 }
