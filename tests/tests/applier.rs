@@ -10,14 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_config::{KafkaConfig, Secret, TlsConfig, WarehouseConfig};
-use cdc_event::{BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker, Source, TableSchema, Version};
+use cdc_event::{
+    BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker, Source,
+    TableSchema, Version,
+};
 use cdcsync_tests::{consume_all, create_topic, stack, unique_name, PgSchema};
 use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Map, Value};
 use sqlx::Row;
-use warehouse_applier::{ApplierConfig, ApplierError, DeleteMode, Health, SchemaEvolution, Shutdown};
+use warehouse_applier::{
+    ApplierConfig, ApplierError, DeleteMode, Health, SchemaEvolution, Shutdown,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Fixture
@@ -51,7 +56,11 @@ async fn fixture(partitions: i32) -> Fx {
         replication_factor: 1,
         properties,
     };
-    let sep = if stack().postgres_url.contains('?') { '&' } else { '?' };
+    let sep = if stack().postgres_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let warehouse = WarehouseConfig {
         url: format!("{}{sep}application_name={app_name}", stack().postgres_url),
         password: Secret::None,
@@ -76,7 +85,15 @@ async fn fixture(partitions: i32) -> Fx {
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    Fx { pg, topic, kafka, warehouse, applier, producer, app_name }
+    Fx {
+        pg,
+        topic,
+        kafka,
+        warehouse,
+        applier,
+        producer,
+        app_name,
+    }
 }
 
 struct Running {
@@ -112,9 +129,19 @@ impl Drop for Running {
 
 fn start(fx: &Fx, applier: &ApplierConfig) -> Running {
     let shutdown = Shutdown::new();
-    let (k, w, a, s) = (fx.kafka.clone(), fx.warehouse.clone(), applier.clone(), shutdown.clone());
-    let handle = tokio::spawn(async move { warehouse_applier::run(&k, &w, &a, "unused", Health::new(), s).await });
-    Running { shutdown, handle: Some(handle) }
+    let (k, w, a, s) = (
+        fx.kafka.clone(),
+        fx.warehouse.clone(),
+        applier.clone(),
+        shutdown.clone(),
+    );
+    let handle = tokio::spawn(async move {
+        warehouse_applier::run(&k, &w, &a, "unused", Health::new(), s).await
+    });
+    Running {
+        shutdown,
+        handle: Some(handle),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,13 +151,28 @@ fn start(fx: &Fx, applier: &ApplierConfig) -> Running {
 /// The rich `orders` table: one column of most source types.
 fn orders_schema() -> Arc<TableSchema> {
     use ColumnType::*;
-    let col = |name: &str, ty: ColumnType| ColumnSchema { name: name.into(), ty, nullable: name != "id" };
+    let col = |name: &str, ty: ColumnType| ColumnSchema {
+        name: name.into(),
+        ty,
+        nullable: name != "id",
+    };
     Arc::new(TableSchema {
         columns: vec![
             col("id", BigInt { unsigned: true }),
             col("customer", Text { max_len: Some(64) }),
-            col("amount", Decimal { precision: 12, scale: 2 }),
-            col("status", Enum { values: vec!["new".into(), "paid".into(), "shipped".into()] }),
+            col(
+                "amount",
+                Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+            col(
+                "status",
+                Enum {
+                    values: vec!["new".into(), "paid".into(), "shipped".into()],
+                },
+            ),
             col("created_at", DateTime { fsp: 6 }),
             col("updated_time", Timestamp { fsp: 3 }),
             col("wait", Time { fsp: 0 }),
@@ -159,7 +201,11 @@ fn order_row(id: u64, rev: u32) -> (Map<String, Value>, Vec<Option<String>>) {
     let us = (id % 1000) * 1000 + rev as u64 % 1000;
     let secs = rev % 60;
     let wait_neg = id % 2 == 0;
-    let wait = if wait_neg { format!("-{}:59:{:02}", 800 + rev, secs) } else { format!("{}:00:{:02}", 25 + rev, secs) };
+    let wait = if wait_neg {
+        format!("-{}:59:{:02}", 800 + rev, secs)
+    } else {
+        format!("{}:00:{:02}", 25 + rev, secs)
+    };
     let bytes = [0u8, 255, (id % 256) as u8, rev as u8];
     let b64 = base64(&bytes);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -186,7 +232,11 @@ fn order_row(id: u64, rev: u32) -> (Map<String, Value>, Vec<Option<String>>) {
         Some(note),
         Some(format!("{}.{:02}", cents / 100, cents % 100)),
         Some(status.to_string()),
-        Some(format!("2024-05-06 07:08:09.{us:06}").trim_end_matches('0').to_string()),
+        Some(
+            format!("2024-05-06 07:08:09.{us:06}")
+                .trim_end_matches('0')
+                .to_string(),
+        ),
         Some(format!("2025-01-02 03:04:{secs:02}.123")),
         Some(wait),
         Some(format!("{{\"rev\": {rev}}}")),
@@ -205,7 +255,9 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -232,13 +284,29 @@ impl Source_ {
         self.pos
     }
 
-    fn event(&mut self, schema: &Arc<TableSchema>, op: Op, before: Option<Map<String, Value>>, after: Option<Map<String, Value>>) -> ChangeEvent {
+    fn event(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        op: Op,
+        before: Option<Map<String, Value>>,
+        after: Option<Map<String, Value>>,
+    ) -> ChangeEvent {
         let pos = self.next_pos();
         self.event_at(schema, op, before, after, pos)
     }
 
-    fn event_at(&self, schema: &Arc<TableSchema>, op: Op, before: Option<Map<String, Value>>, after: Option<Map<String, Value>>, pos: u64) -> ChangeEvent {
-        let p = BinlogPosition { file: "mysql-bin.000001".into(), pos };
+    fn event_at(
+        &self,
+        schema: &Arc<TableSchema>,
+        op: Op,
+        before: Option<Map<String, Value>>,
+        after: Option<Map<String, Value>>,
+        pos: u64,
+    ) -> ChangeEvent {
+        let p = BinlogPosition {
+            file: "mysql-bin.000001".into(),
+            pos,
+        };
         ChangeEvent {
             before,
             after,
@@ -269,7 +337,10 @@ impl Source_ {
 type Msg = (String, Option<String>);
 
 fn msg(e: &ChangeEvent) -> Msg {
-    (e.key_json().unwrap(), Some(serde_json::to_string(e).unwrap()))
+    (
+        e.key_json().unwrap(),
+        Some(serde_json::to_string(e).unwrap()),
+    )
 }
 
 fn tombstone(e: &ChangeEvent) -> Msg {
@@ -325,7 +396,15 @@ impl Model {
         if self.hard && e.op == Op::Delete {
             // A tombstone version blocks older upserts: model it as a deleted row we drop later.
         }
-        self.rows.insert(id, Expected { cols: texts, version: v, deleted: e.op == Op::Delete, source_ts_ms: e.source.ts_ms });
+        self.rows.insert(
+            id,
+            Expected {
+                cols: texts,
+                version: v,
+                deleted: e.op == Op::Delete,
+                source_ts_ms: e.source.ts_ms,
+            },
+        );
     }
 
     fn expected_rows(&self, select_cols: usize) -> Vec<Vec<Option<String>>> {
@@ -346,7 +425,12 @@ impl Model {
 }
 
 /// Every row of `schema.table`, all listed columns plus bookkeeping, as text, by id.
-async fn warehouse_rows(pool: &sqlx::PgPool, schema: &str, table: &str, select: &str) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+async fn warehouse_rows(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    table: &str,
+    select: &str,
+) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
     let sql = format!(
         "SELECT {select}, _cdc_version::text, _cdc_deleted::text, \
          (extract(epoch from _cdc_source_ts) * 1000)::bigint::text, (_cdc_applied_at IS NOT NULL)::text \
@@ -355,15 +439,27 @@ async fn warehouse_rows(pool: &sqlx::PgPool, schema: &str, table: &str, select: 
     let rows = sqlx::query(&sql).fetch_all(pool).await?;
     Ok(rows
         .iter()
-        .map(|r| (0..r.len()).map(|i| r.try_get::<Option<String>, _>(i).unwrap()).collect())
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
         .collect())
 }
 
 /// Waits until the warehouse equals `expected` (row for row, all columns), then asserts it.
-async fn assert_warehouse(fx: &Fx, table: &str, select: &str, expected: &[Vec<Option<String>>], timeout: Duration) {
+async fn assert_warehouse(
+    fx: &Fx,
+    table: &str,
+    select: &str,
+    expected: &[Vec<Option<String>>],
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let got = warehouse_rows(&fx.pg.pool, &fx.pg.name, table, select).await.unwrap_or_default();
+        let got = warehouse_rows(&fx.pg.pool, &fx.pg.name, table, select)
+            .await
+            .unwrap_or_default();
         if got == expected {
             return;
         }
@@ -382,15 +478,24 @@ async fn assert_warehouse(fx: &Fx, table: &str, select: &str, expected: &[Vec<Op
 }
 
 async fn processed_count(fx: &Fx) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM \"{}\".processed_messages", fx.pg.name))
-        .fetch_one(&fx.pg.pool)
-        .await
-        .unwrap_or(0)
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{}\".processed_messages",
+        fx.pg.name
+    ))
+    .fetch_one(&fx.pg.pool)
+    .await
+    .unwrap_or(0)
 }
 
 /// A realistic stream over `keys` rows: inserts, several updates each, some deletes (each
 /// followed by its tombstone). Returns the messages and the model of the final state.
-fn workload(src: &mut Source_, schema: &Arc<TableSchema>, keys: std::ops::Range<u64>, updates: u32, delete_every: u64) -> (Vec<Msg>, Model) {
+fn workload(
+    src: &mut Source_,
+    schema: &Arc<TableSchema>,
+    keys: std::ops::Range<u64>,
+    updates: u32,
+    delete_every: u64,
+) -> (Vec<Msg>, Model) {
     let mut msgs = Vec::new();
     let mut model = Model::default();
     for id in keys.clone() {
@@ -434,7 +539,14 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     produce_all(&fx.producer, &fx.topic, &msgs).await;
     let expected = model.expected_rows(14);
     let run = start(&fx, &fx.applier);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(60)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
     let events = msgs.iter().filter(|m| m.1.is_some()).count() as i64;
     assert_eq!(processed_count(&fx).await, events);
 
@@ -442,7 +554,14 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     produce_all(&fx.producer, &fx.topic, &msgs[..200]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     run.stop().await.unwrap();
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(5)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(processed_count(&fx).await, events);
 
     // A full replay from offset 0 under a new group: nothing changes, not even _cdc_applied_at.
@@ -453,7 +572,10 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     .fetch_all(&fx.pg.pool)
     .await
     .unwrap();
-    let replay = ApplierConfig { group_id: unique_name("g"), ..fx.applier.clone() };
+    let replay = ApplierConfig {
+        group_id: unique_name("g"),
+        ..fx.applier.clone()
+    };
     let run = start(&fx, &replay);
     // Wait until the new group has consumed everything (its lag reaches 0 means committed).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -465,8 +587,19 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     run.stop().await.unwrap();
-    assert_eq!(group_committed(&replay.group_id, &fx.topic, 3).await, (msgs.len() + 200) as i64, "replay consumed everything");
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(5)).await;
+    assert_eq!(
+        group_committed(&replay.group_id, &fx.topic, 3).await,
+        (msgs.len() + 200) as i64,
+        "replay consumed everything"
+    );
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(5),
+    )
+    .await;
     let applied_at_after: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT _cdc_applied_at::text FROM \"{}\".orders t ORDER BY t.id",
         fx.pg.name
@@ -474,14 +607,19 @@ async fn every_event_applied_then_duplicates_and_full_replay_change_nothing() {
     .fetch_all(&fx.pg.pool)
     .await
     .unwrap();
-    assert_eq!(applied_at_before, applied_at_after, "a replay must not rewrite any row");
+    assert_eq!(
+        applied_at_before, applied_at_after,
+        "a replay must not rewrite any row"
+    );
     fx.pg.drop_schema().await;
 }
 
 /// Sum of the committed offsets of `group` over the topic's partitions (-1 on error).
 async fn group_committed(group: &str, topic: &str, partitions: i32) -> i64 {
     let (g, t) = (group.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || group_committed_sync(&g, &t, partitions)).await.unwrap()
+    tokio::task::spawn_blocking(move || group_committed_sync(&g, &t, partitions))
+        .await
+        .unwrap()
 }
 
 fn group_committed_sync(group: &str, topic: &str, partitions: i32) -> i64 {
@@ -528,7 +666,10 @@ async fn stale_events(mode: DeleteMode) {
     let fx = fixture(1).await;
     let schema = orders_schema();
     let mut src = Source_::new();
-    let mut model = Model { hard: mode == DeleteMode::Hard, ..Model::default() };
+    let mut model = Model {
+        hard: mode == DeleteMode::Hard,
+        ..Model::default()
+    };
     let mut msgs = Vec::new();
     // Row 1: insert@v1, update@v3 produced, then update@v2 (older) produced after it.
     let (i1, t1) = order_row(1, 0);
@@ -564,12 +705,23 @@ async fn stale_events(mode: DeleteMode) {
     let old = src.event_at(&schema, Op::Update, Some(i.clone()), Some(u), pos_old);
     model.apply(&ins3, ti);
     model.apply(&old, tu);
-    let applier = ApplierConfig { delete_mode: mode, batch_max_events: 1, ..fx.applier.clone() };
+    let applier = ApplierConfig {
+        delete_mode: mode,
+        batch_max_events: 1,
+        ..fx.applier.clone()
+    };
     produce_all(&fx.producer, &fx.topic, &msgs).await;
     produce_all(&fx.producer, &fx.topic, &[msg(&ins3)]).await;
     let run = start(&fx, &applier);
     let expected = model.expected_rows(14);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(30)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(30),
+    )
+    .await;
     produce_all(&fx.producer, &fx.topic, &[msg(&old)]).await;
     // Wait until the stale event is recorded as processed, then the state must be unchanged.
     let total = msgs.iter().filter(|m| m.1.is_some()).count() as i64 + 2;
@@ -579,7 +731,14 @@ async fn stale_events(mode: DeleteMode) {
     }
     assert_eq!(processed_count(&fx).await, total);
     run.stop().await.unwrap();
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(5)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(5),
+    )
+    .await;
     if mode == DeleteMode::Hard {
         let tomb: Vec<(String, String)> = sqlx::query_as(&format!(
             "SELECT row_key, version::text FROM \"{}\".tombstones",
@@ -588,7 +747,13 @@ async fn stale_events(mode: DeleteMode) {
         .fetch_all(&fx.pg.pool)
         .await
         .unwrap();
-        assert_eq!(tomb, vec![(r#"{"id":2}"#.to_string(), del.source.cdc_version.to_string())]);
+        assert_eq!(
+            tomb,
+            vec![(
+                r#"{"id":2}"#.to_string(),
+                del.source.cdc_version.to_string()
+            )]
+        );
     }
     fx.pg.drop_schema().await;
 }
@@ -607,7 +772,10 @@ async fn poison_messages_go_to_the_dead_letter_topic() {
     let mut no_key = order_row(998, 0).0;
     no_key.remove("id");
     let no_key = src.event(&schema, Op::Create, None, Some(no_key));
-    let mut no_key_msg = (r#"{"id":998}"#.to_string(), Some(serde_json::to_string(&no_key).unwrap()));
+    let mut no_key_msg = (
+        r#"{"id":998}"#.to_string(),
+        Some(serde_json::to_string(&no_key).unwrap()),
+    );
     no_key_msg.0 = r#"{"id":998}"#.into();
     // Interleave: the bad ones sit in the middle of good batches.
     msgs.insert(10, (r#"{"id":997}"#.into(), Some("{not json".into())));
@@ -616,23 +784,51 @@ async fn poison_messages_go_to_the_dead_letter_topic() {
     produce_all(&fx.producer, &fx.topic, &msgs).await;
     let run = start(&fx, &fx.applier);
     let expected = model.expected_rows(14);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(60)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
     let dlq = format!("{}.dead_letter", fx.kafka.topic_prefix.as_deref().unwrap());
     let dead = consume_all(&[dlq.as_str()], 3, Duration::from_secs(30));
     run.stop().await.unwrap();
     assert_eq!(dead.len(), 3, "{dead:?}");
-    let header = |m: &cdcsync_tests::Consumed, k: &str| m.headers.iter().find(|h| h.0 == k).map(|h| h.1.clone()).unwrap_or_default();
-    let offsets: Vec<String> = dead.iter().map(|m| header(m, "cdcsync.source_offset")).collect();
+    let header = |m: &cdcsync_tests::Consumed, k: &str| {
+        m.headers
+            .iter()
+            .find(|h| h.0 == k)
+            .map(|h| h.1.clone())
+            .unwrap_or_default()
+    };
+    let offsets: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, "cdcsync.source_offset"))
+        .collect();
     assert_eq!(offsets, vec!["10", "30", "50"]);
     for m in &dead {
         assert_eq!(header(m, "cdcsync.source_topic"), fx.topic);
         assert_eq!(header(m, "cdcsync.source_partition"), "0");
     }
     assert_eq!(header(&dead[0], "cdcsync.error_kind"), "decode");
-    assert!(header(&dead[1], "cdcsync.error").contains("key column \"id\""), "{:?}", dead[1].headers);
+    assert!(
+        header(&dead[1], "cdcsync.error").contains("key column \"id\""),
+        "{:?}",
+        dead[1].headers
+    );
     assert_eq!(header(&dead[2], "cdcsync.error_kind"), "postgres");
-    assert!(header(&dead[2], "cdcsync.error").contains("out of range"), "{:?}", dead[2].headers);
-    assert_eq!(dead[2].value.as_deref(), msg(&rejected).1.as_deref(), "the dead letter carries the original value");
+    assert!(
+        header(&dead[2], "cdcsync.error").contains("out of range"),
+        "{:?}",
+        dead[2].headers
+    );
+    assert_eq!(
+        dead[2].value.as_deref(),
+        msg(&rejected).1.as_deref(),
+        "the dead letter carries the original value"
+    );
     // The rejected row left no trace in the warehouse or the processed table.
     assert_eq!(processed_count(&fx).await, (msgs.len() - 3) as i64);
     fx.pg.drop_schema().await;
@@ -645,27 +841,75 @@ async fn new_column_mid_stream_is_added() {
     let fx = fixture(1).await;
     let v1 = Arc::new(TableSchema {
         columns: vec![
-            ColumnSchema { name: "id".into(), ty: ColumnType::Int { unsigned: false }, nullable: false },
-            ColumnSchema { name: "note".into(), ty: ColumnType::Text { max_len: None }, nullable: true },
+            ColumnSchema {
+                name: "id".into(),
+                ty: ColumnType::Int { unsigned: false },
+                nullable: false,
+            },
+            ColumnSchema {
+                name: "note".into(),
+                ty: ColumnType::Text { max_len: None },
+                nullable: true,
+            },
         ],
         primary_key: vec!["id".into()],
     });
     let mut v2 = (*v1).clone();
-    v2.columns.push(ColumnSchema { name: "discount".into(), ty: ColumnType::Decimal { precision: 5, scale: 2 }, nullable: true });
+    v2.columns.push(ColumnSchema {
+        name: "discount".into(),
+        ty: ColumnType::Decimal {
+            precision: 5,
+            scale: 2,
+        },
+        nullable: true,
+    });
     let v2 = Arc::new(v2);
     let mut src = Source_::new();
     let mut msgs = Vec::new();
     let mut expected = Vec::new();
     for id in 1..=20u64 {
-        let e = src.event(&v1, Op::Create, None, Some(json!({"id": id, "note": format!("n{id}")}).as_object().unwrap().clone()));
+        let e = src.event(
+            &v1,
+            Op::Create,
+            None,
+            Some(
+                json!({"id": id, "note": format!("n{id}")})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        );
         msgs.push(msg(&e));
-        expected.push((id, vec![Some(id.to_string()), Some(format!("n{id}")), None], e.source.cdc_version.0, e.source.ts_ms));
+        expected.push((
+            id,
+            vec![Some(id.to_string()), Some(format!("n{id}")), None],
+            e.source.cdc_version.0,
+            e.source.ts_ms,
+        ));
     }
     for id in 11..=30u64 {
-        let e = src.event(&v2, if id > 20 { Op::Create } else { Op::Update }, None,
-            Some(json!({"id": id, "note": format!("m{id}"), "discount": format!("{}.50", id)}).as_object().unwrap().clone()));
+        let e = src.event(
+            &v2,
+            if id > 20 { Op::Create } else { Op::Update },
+            None,
+            Some(
+                json!({"id": id, "note": format!("m{id}"), "discount": format!("{}.50", id)})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        );
         msgs.push(msg(&e));
-        let row = (id, vec![Some(id.to_string()), Some(format!("m{id}")), Some(format!("{id}.50"))], e.source.cdc_version.0, e.source.ts_ms);
+        let row = (
+            id,
+            vec![
+                Some(id.to_string()),
+                Some(format!("m{id}")),
+                Some(format!("{id}.50")),
+            ],
+            e.source.cdc_version.0,
+            e.source.ts_ms,
+        );
         match expected.iter_mut().find(|r| r.0 == id) {
             Some(r) => *r = row,
             None => expected.push(row),
@@ -674,30 +918,71 @@ async fn new_column_mid_stream_is_added() {
     let expected: Vec<Vec<Option<String>>> = expected
         .into_iter()
         .map(|(_, mut cols, v, ts)| {
-            cols.extend([Some(v.to_string()), Some("false".into()), Some(ts.to_string()), Some("true".into())]);
+            cols.extend([
+                Some(v.to_string()),
+                Some("false".into()),
+                Some(ts.to_string()),
+                Some("true".into()),
+            ]);
             cols
         })
         .collect();
 
     // First with schema_evolution = fail: the v1 events apply, then the applier stops.
     produce_all(&fx.producer, &fx.topic, &msgs).await;
-    let strict = ApplierConfig { schema_evolution: SchemaEvolution::Fail, batch_max_events: 20, ..fx.applier.clone() };
+    let strict = ApplierConfig {
+        schema_evolution: SchemaEvolution::Fail,
+        batch_max_events: 20,
+        ..fx.applier.clone()
+    };
     let run = start(&fx, &strict);
     let res = run.join(Duration::from_secs(60)).await;
-    let err = res.expect_err("schema_evolution = fail must stop the applier").to_string();
-    assert!(err.contains("discount") && err.contains("schema_evolution"), "{err}");
+    let err = res
+        .expect_err("schema_evolution = fail must stop the applier")
+        .to_string();
+    assert!(
+        err.contains("discount") && err.contains("schema_evolution"),
+        "{err}"
+    );
     let v1_only: Vec<Vec<Option<String>>> = (1..=20u64)
         .map(|id| {
-            let v = Version::at(&BinlogPosition { file: "mysql-bin.000001".into(), pos: 1000 + 100 * id }, 0).unwrap();
-            vec![Some(id.to_string()), Some(format!("n{id}")), Some(v.to_string()), Some("false".into()),
-                Some((1_700_000_000_000i64 + 1000 + 100 * id as i64).to_string()), Some("true".into())]
+            let v = Version::at(
+                &BinlogPosition {
+                    file: "mysql-bin.000001".into(),
+                    pos: 1000 + 100 * id,
+                },
+                0,
+            )
+            .unwrap();
+            vec![
+                Some(id.to_string()),
+                Some(format!("n{id}")),
+                Some(v.to_string()),
+                Some("false".into()),
+                Some((1_700_000_000_000i64 + 1000 + 100 * id as i64).to_string()),
+                Some("true".into()),
+            ]
         })
         .collect();
-    assert_warehouse(&fx, "orders", "id::text, note", &v1_only, Duration::from_secs(5)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        "id::text, note",
+        &v1_only,
+        Duration::from_secs(5),
+    )
+    .await;
 
     // Then with the default: the column is added and everything applies.
     let run = start(&fx, &fx.applier);
-    assert_warehouse(&fx, "orders", "id::text, note, discount::text", &expected, Duration::from_secs(60)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        "id::text, note, discount::text",
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
     run.stop().await.unwrap();
     let ty: String = sqlx::query_scalar(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'discount'",
@@ -721,7 +1006,10 @@ async fn postgres_connections_severed_during_apply() {
     let schema = orders_schema();
     let mut src = Source_::new();
     let (msgs, model) = workload(&mut src, &schema, 1..1001, 2, 5);
-    let applier = ApplierConfig { batch_max_events: 50, ..fx.applier.clone() };
+    let applier = ApplierConfig {
+        batch_max_events: 50,
+        ..fx.applier.clone()
+    };
     let run = start(&fx, &applier);
     let producing = {
         let (p, t, m) = (fx.producer.clone(), fx.topic.clone(), msgs.clone());
@@ -744,9 +1032,19 @@ async fn postgres_connections_severed_during_apply() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     producing.await.unwrap();
-    assert!(killed >= 3, "the test must actually sever connections (severed {killed})");
+    assert!(
+        killed >= 3,
+        "the test must actually sever connections (severed {killed})"
+    );
     let expected = model.expected_rows(14);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(60)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
     run.stop().await.unwrap();
     let events = msgs.iter().filter(|m| m.1.is_some()).count() as i64;
     assert_eq!(processed_count(&fx).await, events);
@@ -762,7 +1060,10 @@ async fn two_appliers_in_one_group_one_stopped_mid_run() {
     let schema = orders_schema();
     let mut src = Source_::new();
     let (msgs, model) = workload(&mut src, &schema, 1..1501, 2, 9);
-    let applier = ApplierConfig { batch_max_events: 100, ..fx.applier.clone() };
+    let applier = ApplierConfig {
+        batch_max_events: 100,
+        ..fx.applier.clone()
+    };
     let a = start(&fx, &applier);
     let b = start(&fx, &applier);
     let third = msgs.len() / 3;
@@ -771,17 +1072,24 @@ async fn two_appliers_in_one_group_one_stopped_mid_run() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // (The bookkeeping table appears once an applier has started.)
-        let parts: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT partition) FROM \"{}\".processed_messages", fx.pg.name))
-            .fetch_one(&fx.pg.pool)
-            .await
-            .unwrap_or(0);
+        let parts: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(DISTINCT partition) FROM \"{}\".processed_messages",
+            fx.pg.name
+        ))
+        .fetch_one(&fx.pg.pool)
+        .await
+        .unwrap_or(0);
         if parts == 4 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let producing = {
-        let (p, t, m) = (fx.producer.clone(), fx.topic.clone(), msgs[third..].to_vec());
+        let (p, t, m) = (
+            fx.producer.clone(),
+            fx.topic.clone(),
+            msgs[third..].to_vec(),
+        );
         tokio::spawn(async move {
             for chunk in m.chunks(300) {
                 produce_all(&p, &t, chunk).await;
@@ -793,11 +1101,22 @@ async fn two_appliers_in_one_group_one_stopped_mid_run() {
     a.stop().await.unwrap();
     producing.await.unwrap();
     let expected = model.expected_rows(14);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(60)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
     b.stop().await.unwrap();
     let events = msgs.iter().filter(|m| m.1.is_some()).count() as i64;
     assert_eq!(processed_count(&fx).await, events);
-    assert_eq!(group_committed(&applier.group_id, &fx.topic, 4).await, msgs.len() as i64, "all offsets committed");
+    assert_eq!(
+        group_committed(&applier.group_id, &fx.topic, 4).await,
+        msgs.len() as i64,
+        "all offsets committed"
+    );
     fx.pg.drop_schema().await;
 }
 
@@ -813,11 +1132,20 @@ async fn kill_9_mid_batch_then_restart() {
     let events = msgs.iter().filter(|m| m.1.is_some()).count() as i64;
     let spawn_child = || {
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "applier_child_process", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "applier_child_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CDCSYNC_CHILD_TOPIC", &fx.topic)
             .env("CDCSYNC_CHILD_GROUP", &fx.applier.group_id)
             .env("CDCSYNC_CHILD_SCHEMA", &fx.pg.name)
-            .env("CDCSYNC_CHILD_PREFIX", fx.kafka.topic_prefix.as_deref().unwrap())
+            .env(
+                "CDCSYNC_CHILD_PREFIX",
+                fx.kafka.topic_prefix.as_deref().unwrap(),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -836,13 +1164,23 @@ async fn kill_9_mid_batch_then_restart() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(at_kill > 0 && at_kill < events, "killed mid-stream ({at_kill} of {events} applied)");
+    assert!(
+        at_kill > 0 && at_kill < events,
+        "killed mid-stream ({at_kill} of {events} applied)"
+    );
     let after_kill = processed_count(&fx).await;
     assert!(after_kill < events, "the kill must leave work to do");
     // Restart (the same group): it resumes from the committed offsets.
     let mut child = spawn_child();
     let expected = model.expected_rows(14);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &expected, Duration::from_secs(90)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(90),
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(processed_count(&fx).await, events);
@@ -855,13 +1193,45 @@ async fn kill_9_mid_batch_then_restart() {
 #[ignore = "child process of kill_9_mid_batch_then_restart"]
 async fn applier_child_process() {
     let var = |k: &str| std::env::var(k).expect("run only by kill_9_mid_batch_then_restart");
-    let (topic, group, schema, prefix) = (var("CDCSYNC_CHILD_TOPIC"), var("CDCSYNC_CHILD_GROUP"), var("CDCSYNC_CHILD_SCHEMA"), var("CDCSYNC_CHILD_PREFIX"));
+    let (topic, group, schema, prefix) = (
+        var("CDCSYNC_CHILD_TOPIC"),
+        var("CDCSYNC_CHILD_GROUP"),
+        var("CDCSYNC_CHILD_SCHEMA"),
+        var("CDCSYNC_CHILD_PREFIX"),
+    );
     let mut properties = BTreeMap::new();
     properties.insert("session.timeout.ms".to_string(), "6000".to_string());
-    let kafka = KafkaConfig { bootstrap_servers: stack().kafka_bootstrap.clone(), topic_prefix: Some(prefix), partitions: 2, replication_factor: 1, properties };
-    let warehouse = WarehouseConfig { url: stack().postgres_url.clone(), password: Secret::None, schema: Some(schema.clone()), meta_schema: schema, tls: TlsConfig::default() };
-    let applier = ApplierConfig { group_id: group, topics: vec![topic], batch_max_events: 200, batch_max_ms: 50, ..ApplierConfig::default() };
-    warehouse_applier::run(&kafka, &warehouse, &applier, "unused", Health::new(), Shutdown::new()).await.unwrap();
+    let kafka = KafkaConfig {
+        bootstrap_servers: stack().kafka_bootstrap.clone(),
+        topic_prefix: Some(prefix),
+        partitions: 2,
+        replication_factor: 1,
+        properties,
+    };
+    let warehouse = WarehouseConfig {
+        url: stack().postgres_url.clone(),
+        password: Secret::None,
+        schema: Some(schema.clone()),
+        meta_schema: schema,
+        tls: TlsConfig::default(),
+    };
+    let applier = ApplierConfig {
+        group_id: group,
+        topics: vec![topic],
+        batch_max_events: 200,
+        batch_max_ms: 50,
+        ..ApplierConfig::default()
+    };
+    warehouse_applier::run(
+        &kafka,
+        &warehouse,
+        &applier,
+        "unused",
+        Health::new(),
+        Shutdown::new(),
+    )
+    .await
+    .unwrap();
 }
 
 /// The retention job prunes ids that are both old and below the committed offset, and keeps
@@ -869,7 +1239,9 @@ async fn applier_child_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_only_old_committed_ids() {
     let pg = PgSchema::create().await;
-    warehouse_applier::tables::ensure_meta(&pg.pool, &pg.name).await.unwrap();
+    warehouse_applier::tables::ensure_meta(&pg.pool, &pg.name)
+        .await
+        .unwrap();
     sqlx::query(&format!(
         "INSERT INTO \"{0}\".processed_messages (message_id, topic, partition, kafka_offset, applied_at) VALUES \
          ('old-committed', 't', 0, 5, now() - interval '2 hours'), \
@@ -883,13 +1255,26 @@ async fn retention_prunes_only_old_committed_ids() {
     .unwrap();
     let committed: warehouse_applier::consumer::Committed = Default::default();
     committed.lock().unwrap().insert(("t".into(), 0), 10);
-    let n = warehouse_applier::retention::prune_once(&pg.pool, &pg.name, &committed, Duration::from_secs(3600)).await.unwrap();
+    let n = warehouse_applier::retention::prune_once(
+        &pg.pool,
+        &pg.name,
+        &committed,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     assert_eq!(n, 1);
-    let left: Vec<String> = sqlx::query_scalar(&format!("SELECT message_id FROM \"{}\".processed_messages ORDER BY 1", pg.name))
-        .fetch_all(&pg.pool)
-        .await
-        .unwrap();
-    assert_eq!(left, vec!["new-committed", "old-other-partition", "old-uncommitted"]);
+    let left: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT message_id FROM \"{}\".processed_messages ORDER BY 1",
+        pg.name
+    ))
+    .fetch_all(&pg.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        vec!["new-committed", "old-other-partition", "old-uncommitted"]
+    );
     pg.drop_schema().await;
 }
 
@@ -903,9 +1288,19 @@ async fn metrics_are_exported() {
     let (msgs, model) = workload(&mut src, &schema, 1..21, 1, 1000);
     produce_all(&fx.producer, &fx.topic, &msgs).await;
     let run = start(&fx, &fx.applier);
-    assert_warehouse(&fx, "orders", ORDERS_SELECT, &model.expected_rows(14), Duration::from_secs(30)).await;
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &model.expected_rows(14),
+        Duration::from_secs(30),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let lag_line = format!("cdcsync_applier_consumer_lag_messages{{partition=\"0\",topic=\"{}\"}}", fx.topic);
+    let lag_line = format!(
+        "cdcsync_applier_consumer_lag_messages{{partition=\"0\",topic=\"{}\"}}",
+        fx.topic
+    );
     let mut text = String::new();
     while Instant::now() < deadline {
         text = warehouse_applier::render_metrics();
@@ -931,6 +1326,101 @@ async fn metrics_are_exported() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
-    assert!(text.contains(&lag_line), "lag gauge for the assigned partition missing");
+    assert!(
+        text.contains(&lag_line),
+        "lag gauge for the assigned partition missing"
+    );
+    fx.pg.drop_schema().await;
+}
+
+/// Sum of `cdcsync_applier_consumer_lag_messages` over the partitions of `topic`, and how many
+/// partitions report it. The per-partition gauges are used rather than the process-wide
+/// `cdcsync_applier_backlog_messages` (their sum over one applier) because the tests run several
+/// appliers in one process, which all set that one gauge.
+fn topic_lag(topic: &str) -> (i64, usize) {
+    let suffix = format!(",topic=\"{topic}\"}} ");
+    let mut sum = 0;
+    let mut partitions = 0;
+    for line in warehouse_applier::render_metrics().lines() {
+        if let Some(rest) = line.strip_prefix("cdcsync_applier_consumer_lag_messages{") {
+            if let Some((_, value)) = rest.split_once(&suffix) {
+                sum += value.trim().parse::<i64>().unwrap();
+                partitions += 1;
+            }
+        }
+    }
+    (sum, partitions)
+}
+
+async fn wait_for_lag(
+    topic: &str,
+    partitions: usize,
+    want: i64,
+    timeout: Duration,
+) -> (i64, usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = topic_lag(topic);
+        if seen == (want, partitions) || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backlog gauges count exactly the unapplied messages while PostgreSQL cannot take them
+/// (the processed-message table is locked), and return to 0 within moments of the last commit
+/// (regression: they were computed from librdkafka's statistics `committed_offset`, which stayed
+/// stale, so the gauge showed the whole partition long after everything was applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_gauge_counts_the_backlog_and_returns_to_zero() {
+    let fx = fixture(2).await;
+    let run = start(&fx, &fx.applier);
+    // Assigned, bookkeeping tables created, and the (empty) partitions report no lag.
+    assert_eq!(
+        wait_for_lag(&fx.topic, 2, 0, Duration::from_secs(30)).await,
+        (0, 2),
+        "lag gauges of an idle applier"
+    );
+
+    // Block every apply transaction: it has to insert into the processed-message table.
+    let mut lock = fx.pg.pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "LOCK TABLE \"{}\".processed_messages IN ACCESS EXCLUSIVE MODE",
+        fx.pg.name
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    let schema = orders_schema();
+    let mut src = Source_::new();
+    let (msgs, model) = workload(&mut src, &schema, 1..101, 2, 7);
+    produce_all(&fx.producer, &fx.topic, &msgs).await;
+    let backlog = msgs.len() as i64;
+    assert_eq!(
+        wait_for_lag(&fx.topic, 2, backlog, Duration::from_secs(15)).await,
+        (backlog, 2),
+        "while nothing can be applied the lag is every produced message"
+    );
+
+    lock.rollback().await.unwrap();
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &model.expected_rows(14),
+        Duration::from_secs(30),
+    )
+    .await;
+    // Auto-commit runs every second and the gauges follow each commit.
+    assert_eq!(
+        wait_for_lag(&fx.topic, 2, 0, Duration::from_secs(5)).await,
+        (0, 2),
+        "lag after everything was applied"
+    );
+    // And it stays there: no stale value comes back with the next statistics.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(topic_lag(&fx.topic), (0, 2));
+    run.stop().await.unwrap();
     fx.pg.drop_schema().await;
 }

@@ -48,6 +48,24 @@ const HANDOVER_WAIT: Duration = Duration::from_millis(500);
 /// Committed offsets of the assigned partitions, for the retention job.
 pub type Committed = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
+/// What the lag of one assigned partition is computed from.
+///
+/// The committed offset comes from this member's own commits ([`Context::committed`], filled by
+/// the commit callback) and only before its first commit from what the group had committed when
+/// the partition was assigned. librdkafka's statistics are used for the high watermark alone:
+/// their `committed_offset` was seen stale or `-1` long after this member had committed, which
+/// made the gauge report the whole partition as lag for as long as no new message arrived.
+#[derive(Debug, Clone, Copy)]
+struct Watermark {
+    /// Log end offset (high watermark) from the latest statistics; `None` before the first.
+    high: Option<i64>,
+    /// Committed offset of the group when the partition was assigned (`None`: none yet; the
+    /// member then starts at the log start offset, `auto.offset.reset=earliest`).
+    committed_at_assign: Option<i64>,
+    /// Log start offset from the latest statistics.
+    low: i64,
+}
+
 struct Worker {
     tx: mpsc::Sender<Message>,
     stop: CancellationToken,
@@ -72,6 +90,9 @@ pub struct Context {
     revoke_timeout: Duration,
     channel_capacity: usize,
     committed: Committed,
+    /// Per assigned partition, what its lag is computed from; only locked after `state` and
+    /// `committed` have been released, and it is released before `committed` is locked.
+    watermarks: Mutex<HashMap<(String, i32), Watermark>>,
 }
 
 impl Context {
@@ -97,7 +118,34 @@ impl Context {
             revoke_timeout,
             channel_capacity,
             committed,
+            watermarks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the lag gauges from the high watermarks and this member's committed offsets. Called
+    /// on every statistics report and after every commit, so a commit shows within moments.
+    fn publish_lag(&self) {
+        let marks: Vec<((String, i32), Watermark)> = self
+            .watermarks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, w)| (k.clone(), *w))
+            .collect();
+        let committed = self.committed.lock().unwrap();
+        let mut lags = Vec::with_capacity(marks.len());
+        for ((topic, partition), w) in marks {
+            let Some(high) = w.high else { continue };
+            let base = committed
+                .get(&(topic.clone(), partition))
+                .copied()
+                .or(w.committed_at_assign)
+                .unwrap_or(w.low)
+                .max(w.low);
+            lags.push((topic, partition, (high - base).max(0)));
+        }
+        drop(committed);
+        metrics::LagObserved { partitions: &lags }.emit();
     }
 
     fn spawn_worker(&self, state: &mut State, topic: &str, partition: i32) {
@@ -204,6 +252,7 @@ impl Context {
                     waiting.insert((t.clone(), p), ());
                 }
                 self.committed.lock().unwrap().remove(&(t.clone(), p));
+                self.watermarks.lock().unwrap().remove(&(t.clone(), p));
                 tracing::info!(topic = %t, partition = p, "partition revoked");
             }
         }
@@ -228,25 +277,20 @@ impl Context {
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
-        let st = self.state.lock().unwrap();
-        let mut lags = Vec::new();
-        for (name, topic) in &statistics.topics {
-            let Some(assigned) = st.workers.get(name) else {
-                continue;
-            };
-            for (p, part) in &topic.partitions {
-                if *p < 0 || !assigned.contains_key(p) || part.hi_offset < 0 {
-                    continue;
+        {
+            let mut marks = self.watermarks.lock().unwrap();
+            for (name, topic) in &statistics.topics {
+                for (p, part) in &topic.partitions {
+                    if let Some(w) = marks.get_mut(&(name.clone(), *p)) {
+                        if part.hi_offset >= 0 {
+                            w.high = Some(part.hi_offset);
+                        }
+                        w.low = part.lo_offset.max(0);
+                    }
                 }
-                let base = if part.committed_offset >= 0 {
-                    part.committed_offset
-                } else {
-                    part.lo_offset.max(0)
-                };
-                lags.push((name.clone(), *p, (part.hi_offset - base).max(0)));
             }
         }
-        metrics::LagObserved { partitions: &lags }.emit();
+        self.publish_lag();
     }
 }
 
@@ -257,12 +301,49 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut st = self.state.lock().unwrap();
+                {
+                    let mut st = self.state.lock().unwrap();
+                    for e in tpl.elements() {
+                        self.spawn_worker(&mut st, e.topic(), e.partition());
+                    }
+                }
+                // The group's committed offsets, the lag's base until this member commits. Once
+                // per assignment, bounded; without them the lag counts from the log start.
+                let at_assign = match consumer
+                    .committed_offsets((*tpl).clone(), Duration::from_secs(2))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "committed offsets not fetched; lag counts from the log start until the first commit");
+                        TopicPartitionList::new()
+                    }
+                };
+                {
+                    // An offset this member committed during an earlier ownership is stale now.
+                    let mut c = self.committed.lock().unwrap();
+                    for e in tpl.elements() {
+                        c.remove(&(e.topic().to_string(), e.partition()));
+                    }
+                }
+                let mut marks = self.watermarks.lock().unwrap();
                 for e in tpl.elements() {
-                    self.spawn_worker(&mut st, e.topic(), e.partition());
+                    let committed_at_assign = at_assign
+                        .find_partition(e.topic(), e.partition())
+                        .and_then(|c| match c.offset() {
+                            Offset::Offset(o) if o >= 0 => Some(o),
+                            _ => None,
+                        });
+                    marks.insert(
+                        (e.topic().to_string(), e.partition()),
+                        Watermark {
+                            high: None,
+                            committed_at_assign,
+                            low: 0,
+                        },
+                    );
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -275,12 +356,15 @@ impl ConsumerContext for Context {
             return;
         }
         metrics::OffsetsCommitted.emit();
-        let mut c = self.committed.lock().unwrap();
-        for e in offsets.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                c.insert((e.topic().to_string(), e.partition()), o);
+        {
+            let mut c = self.committed.lock().unwrap();
+            for e in offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    c.insert((e.topic().to_string(), e.partition()), o);
+                }
             }
         }
+        self.publish_lag();
     }
 }
 
