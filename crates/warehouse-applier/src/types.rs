@@ -105,7 +105,7 @@ pub fn encode_copy(
         (ColumnType::Float | ColumnType::Double, b'"')
             if matches!(raw, "\"NaN\"" | "\"Infinity\"" | "\"-Infinity\"") =>
         {
-            out.extend_from_slice(raw[1..raw.len() - 1].as_bytes())
+            out.extend_from_slice(&raw.as_bytes()[1..raw.len() - 1])
         }
         (
             ColumnType::TinyInt { .. }
