@@ -71,6 +71,9 @@ struct Worker {
     stop: CancellationToken,
     pending: VecDeque<Message>,
     paused: bool,
+    /// One past the last offset received: a lower bound of the log end offset that is never
+    /// older than the last message, unlike the statistics' `hi_offset`.
+    received_end: i64,
 }
 
 /// Worker bookkeeping shared by the poll loop and the rebalance callbacks (both on the consumer
@@ -93,6 +96,8 @@ pub struct Context {
     /// Per assigned partition, what its lag is computed from; only locked after `state` and
     /// `committed` have been released, and it is released before `committed` is locked.
     watermarks: Mutex<HashMap<(String, i32), Watermark>>,
+    /// The partitions whose lag series were last published (to remove the revoked ones).
+    published: Mutex<Vec<(String, i32)>>,
 }
 
 impl Context {
@@ -119,12 +124,23 @@ impl Context {
             channel_capacity,
             committed,
             watermarks: Mutex::new(HashMap::new()),
+            published: Mutex::new(Vec::new()),
         }
     }
 
     /// Sets the lag gauges from the high watermarks and this member's committed offsets. Called
     /// on every statistics report and after every commit, so a commit shows within moments.
     fn publish_lag(&self) {
+        let received: HashMap<(String, i32), i64> = {
+            let st = self.state.lock().unwrap();
+            st.workers
+                .iter()
+                .flat_map(|(t, ps)| {
+                    ps.iter()
+                        .map(move |(p, w)| ((t.clone(), *p), w.received_end))
+                })
+                .collect()
+        };
         let marks: Vec<((String, i32), Watermark)> = self
             .watermarks
             .lock()
@@ -135,7 +151,15 @@ impl Context {
         let committed = self.committed.lock().unwrap();
         let mut lags = Vec::with_capacity(marks.len());
         for ((topic, partition), w) in marks {
-            let Some(high) = w.high else { continue };
+            // Statistics are queued behind the prefetched messages, so their `hi_offset` can be
+            // seconds old while the applier is behind; a message already received bounds it.
+            let received_end = received
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            let Some(high) = w.high.map(|h| h.max(received_end)) else {
+                continue;
+            };
             let base = committed
                 .get(&(topic.clone(), partition))
                 .copied()
@@ -145,7 +169,17 @@ impl Context {
             lags.push((topic, partition, (high - base).max(0)));
         }
         drop(committed);
-        metrics::LagObserved { partitions: &lags }.emit();
+        let now: Vec<(String, i32)> = lags.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let before = std::mem::replace(&mut *self.published.lock().unwrap(), now);
+        let gone: Vec<(String, i32)> = before
+            .into_iter()
+            .filter(|(t, p)| !lags.iter().any(|(lt, lp, _)| lt == t && lp == p))
+            .collect();
+        metrics::LagObserved {
+            partitions: &lags,
+            gone: &gone,
+        }
+        .emit();
     }
 
     fn spawn_worker(&self, state: &mut State, topic: &str, partition: i32) {
@@ -166,6 +200,7 @@ impl Context {
                 stop,
                 pending: VecDeque::new(),
                 paused: false,
+                received_end: 0,
             },
         );
         // The dead-letter counter of the topic exists (at 0) from its first assignment on.
@@ -448,6 +483,7 @@ pub fn poll_loop(
             );
             continue;
         };
+        w.received_end = w.received_end.max(m.offset() + 1);
         if !w.pending.is_empty() {
             w.pending.push_back(msg);
             if !w.paused && w.pending.len() >= ctx.channel_capacity / 2 {

@@ -239,16 +239,22 @@ impl PostgresError<'_> {
     }
 }
 
-/// Lag of one partition from librdkafka's statistics.
+/// Lag of the assigned partitions.
 pub struct LagObserved<'a> {
     /// Per (topic, partition): log end offset − committed offset.
     pub partitions: &'a [(String, i32, i64)],
+    /// Partitions reported before that are no longer assigned: their series are removed.
+    pub gone: &'a [(String, i32)],
 }
 
 impl LagObserved<'_> {
-    /// Sets the gauges (the set of partitions replaces the previous one).
+    /// Sets the gauges. Only the series of partitions this member gave up are removed (not a
+    /// reset of the whole vector, which would also drop the series other appliers in the same
+    /// process set, as in the integration tests).
     pub fn emit(&self) {
-        CONSUMER_LAG.reset();
+        for (topic, partition) in self.gone {
+            let _ = CONSUMER_LAG.remove_label_values(&[topic.as_str(), &partition.to_string()]);
+        }
         let mut total = 0;
         for (topic, partition, lag) in self.partitions {
             CONSUMER_LAG
