@@ -498,6 +498,10 @@ async fn main() {
         applier_child(&args).await;
         return;
     }
+    if args.phase == "decode" {
+        decode_only(&args);
+        return;
+    }
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(&env("POSTGRES_URL"))
@@ -511,10 +515,6 @@ async fn main() {
             t
         }
     };
-    if args.phase == "decode" {
-        decode_only(&args);
-        return;
-    }
     let mut base = None;
     if args.phase == "baseline" || args.phase == "both" {
         base = Some(baseline(&args, &admin).await);
