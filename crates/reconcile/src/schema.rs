@@ -114,8 +114,8 @@ pub fn column_type_of(
             }
         }
         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnType::Binary,
-        "enum" => ColumnType::Enum { values: labels(column_type) },
-        "set" => ColumnType::Set { values: labels(column_type) },
+        "enum" => ColumnType::Enum { values: binlog_reader::table::parse_labels(column_type) },
+        "set" => ColumnType::Set { values: binlog_reader::table::parse_labels(column_type) },
         "json" => ColumnType::Json,
         "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
         | "geometrycollection" | "geomcollection" => ColumnType::Geometry,
@@ -123,31 +123,6 @@ pub fn column_type_of(
     })
 }
 
-/// The labels of `enum('a','b''c')` / `set(...)`.
-fn labels(column_type: &str) -> Vec<String> {
-    let Some(start) = column_type.find('(') else { return Vec::new() };
-    let body = &column_type[start + 1..column_type.rfind(')').unwrap_or(column_type.len())];
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quote = false;
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (in_quote, c) {
-            (false, '\'') => in_quote = true,
-            (true, '\'') if chars.peek() == Some(&'\'') => {
-                chars.next();
-                cur.push('\'');
-            }
-            (true, '\'') => {
-                in_quote = false;
-                out.push(std::mem::take(&mut cur));
-            }
-            (true, c) => cur.push(c),
-            (false, _) => {}
-        }
-    }
-    out
-}
 
 /// The warehouse table's columns: name → PostgreSQL type name (`pg_type.typname`, e.g. `int8`,
 /// `numeric`, `timestamptz`, `interval`, `bit`, `jsonb`).
