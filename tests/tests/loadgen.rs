@@ -37,7 +37,9 @@ async fn do_prefill(db: &SourceDb, rows: u64, seed: u64) -> cdc_loadgen::Prefill
     let pool = cdc_loadgen::connect(&db.server.admin_url, 2).unwrap();
     let mut cfg = PrefillConfig::new(db.name.clone(), rows);
     cfg.seed = seed;
-    let report = prefill(&pool, &cfg, CancellationToken::new(), |_, _| {}).await.expect("prefill");
+    let report = prefill(&pool, &cfg, CancellationToken::new(), |_, _| {})
+        .await
+        .expect("prefill");
     pool.disconnect().await.unwrap();
     report
 }
@@ -45,18 +47,40 @@ async fn do_prefill(db: &SourceDb, rows: u64, seed: u64) -> cdc_loadgen::Prefill
 async fn do_run(db: &SourceDb, cfg: WorkloadConfig) -> RunReport {
     let pool = cdc_loadgen::connect(&db.server.admin_url, cfg.connections).unwrap();
     let mut progress_calls = 0;
-    let report = run_workload(&pool, &cfg, CancellationToken::new(), |_| progress_calls += 1)
-        .await
-        .expect("workload run");
+    let report = run_workload(&pool, &cfg, CancellationToken::new(), |_| {
+        progress_calls += 1
+    })
+    .await
+    .expect("workload run");
     pool.disconnect().await.unwrap();
     // Internal consistency of the report itself.
     assert_eq!(report.rows, report.ops.total());
-    assert_eq!(report.per_second.iter().sum::<u64>(), report.rows, "per-second counts add up");
-    assert_eq!(report.commits.len() as u64 + report.commits_dropped, report.transactions);
-    assert_eq!(report.commits.iter().map(|c| u64::from(c.rows)).sum::<u64>(), report.rows);
-    assert!(report.commits.windows(2).all(|w| w[0].commit_unix_us <= w[1].commit_unix_us));
+    assert_eq!(
+        report.per_second.iter().sum::<u64>(),
+        report.rows,
+        "per-second counts add up"
+    );
+    assert_eq!(
+        report.commits.len() as u64 + report.commits_dropped,
+        report.transactions
+    );
+    assert_eq!(
+        report
+            .commits
+            .iter()
+            .map(|c| u64::from(c.rows))
+            .sum::<u64>(),
+        report.rows
+    );
+    assert!(report
+        .commits
+        .windows(2)
+        .all(|w| w[0].commit_unix_us <= w[1].commit_unix_us));
     let end_us = report.start_unix_us + (report.elapsed_secs * 1e6) as i64 + 1_000;
-    assert!(report.commits.iter().all(|c| c.commit_unix_us >= report.start_unix_us && c.commit_unix_us <= end_us));
+    assert!(report
+        .commits
+        .iter()
+        .all(|c| c.commit_unix_us >= report.start_unix_us && c.commit_unix_us <= end_us));
     if report.elapsed_secs > 1.5 {
         assert!(progress_calls >= 1, "the progress callback was called");
     }
@@ -93,20 +117,40 @@ async fn schema_has_the_order_columns_and_types() {
         assert_eq!(
             names,
             [
-                "id", "user_id", "status", "amount", "discount", "tax", "currency", "item_count",
-                "attributes", "shipping_address", "note", "created_at", "paid_at", "updated_time", "version"
+                "id",
+                "user_id",
+                "status",
+                "amount",
+                "discount",
+                "tax",
+                "currency",
+                "item_count",
+                "attributes",
+                "shipping_address",
+                "note",
+                "created_at",
+                "paid_at",
+                "updated_time",
+                "version"
             ]
         );
         let ty = |n: &str| columns.iter().find(|c| c.0 == n).unwrap().1.to_lowercase();
         assert!(ty("id").starts_with("bigint") && ty("id").contains("unsigned"));
-        assert_eq!(ty("status"), "enum('pending','paid','shipped','delivered','refunded','cancelled')");
+        assert_eq!(
+            ty("status"),
+            "enum('pending','paid','shipped','delivered','refunded','cancelled')"
+        );
         assert_eq!(ty("amount"), "decimal(12,2)");
         assert_eq!(ty("currency"), "char(3)");
         assert_eq!(ty("created_at"), "datetime(6)");
         assert_eq!(ty("paid_at"), "timestamp(6)");
         assert_eq!(ty("updated_time"), "datetime(6)");
         // MariaDB stores JSON as LONGTEXT with a JSON_VALID check; MySQL has a native type.
-        assert!(matches!(ty("attributes").as_str(), "json" | "longtext"), "{}", ty("attributes"));
+        assert!(
+            matches!(ty("attributes").as_str(), "json" | "longtext"),
+            "{}",
+            ty("attributes")
+        );
         drop(conn);
         db.drop_db().await;
     }
@@ -117,17 +161,44 @@ async fn prefill_writes_exactly_n_rows_deterministically() {
     for server in source_servers() {
         let a = SourceDb::create(&server).await;
         let report = do_prefill(&a, 2345, 7).await;
-        assert_eq!((report.rows, report.first_id, report.last_id), (2345, 1, 2345));
+        assert_eq!(
+            (report.rows, report.first_id, report.last_id),
+            (2345, 1, 2345)
+        );
         assert_eq!(count(&a, "TRUE").await, 2345);
-        assert_eq!(scalar::<u64>(&a, "SELECT COUNT(DISTINCT id) FROM orders").await, 2345);
+        assert_eq!(
+            scalar::<u64>(&a, "SELECT COUNT(DISTINCT id) FROM orders").await,
+            2345
+        );
         assert_eq!(scalar::<u64>(&a, "SELECT MAX(id) FROM orders").await, 2345);
         assert_eq!(count(&a, "JSON_VALID(attributes)").await, 2345);
         // Non-ASCII text arrives intact, including 4-byte UTF-8 (emoji).
-        assert!(count(&a, "LENGTH(shipping_address) > CHAR_LENGTH(shipping_address)").await > 500);
+        assert!(
+            count(
+                &a,
+                "LENGTH(shipping_address) > CHAR_LENGTH(shipping_address)"
+            )
+            .await
+                > 500
+        );
         assert!(count(&a, "shipping_address LIKE '%São Paulo 🚚'").await > 50);
         assert!(count(&a, "shipping_address LIKE '東京都渋谷区%'").await > 50);
-        assert_eq!(count(&a, "status IN ('paid','shipped','delivered','refunded') AND paid_at IS NULL").await, 0);
-        assert_eq!(count(&a, "status IN ('pending','cancelled') AND paid_at IS NOT NULL").await, 0);
+        assert_eq!(
+            count(
+                &a,
+                "status IN ('paid','shipped','delivered','refunded') AND paid_at IS NULL"
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            count(
+                &a,
+                "status IN ('pending','cancelled') AND paid_at IS NOT NULL"
+            )
+            .await,
+            0
+        );
 
         // A second prefill continues after the existing ids.
         let more = do_prefill(&a, 100, 8).await;
@@ -153,14 +224,26 @@ async fn change_mix_matches_the_table_row_for_row() {
     for server in source_servers() {
         let db = SourceDb::create(&server).await;
         do_prefill(&db, 400, 1).await;
-        let report = do_run(&db, flat_out(&db, 3000, "insert=50,status=30,amount=20".parse().unwrap())).await;
+        let report = do_run(
+            &db,
+            flat_out(&db, 3000, "insert=50,status=30,amount=20".parse().unwrap()),
+        )
+        .await;
         assert_eq!(report.rows, 3000);
         assert_eq!(report.first_new_id, 401);
         assert_eq!(report.fallbacks_to_insert, 0);
         // Counts follow the weights (binomial, n = 3000: ±4 points is more than 4 sigma).
-        for (got, weight) in [(report.ops.insert, 50.0), (report.ops.status, 30.0), (report.ops.amount, 20.0)] {
+        for (got, weight) in [
+            (report.ops.insert, 50.0),
+            (report.ops.status, 30.0),
+            (report.ops.amount, 20.0),
+        ] {
             let pct = got as f64 / 30.0;
-            assert!((pct - weight).abs() < 4.0, "{got} of 3000 for weight {weight}: {:?}", report.ops);
+            assert!(
+                (pct - weight).abs() < 4.0,
+                "{got} of 3000 for weight {weight}: {:?}",
+                report.ops
+            );
         }
         assert_eq!(report.ops.delete, 0);
         // Every insert is a row, every update bumped exactly one row's version by one.
@@ -169,8 +252,18 @@ async fn change_mix_matches_the_table_row_for_row() {
         let bumps: u64 = scalar(&db, "SELECT CAST(SUM(version - 1) AS UNSIGNED) FROM orders").await;
         assert_eq!(bumps, report.ops.status + report.ops.amount);
         // Status changes only follow the order life cycle.
-        assert_eq!(count(&db, "status IN ('paid','shipped','delivered') AND paid_at IS NULL").await, 0);
-        assert_eq!(count(&db, "status = 'pending' AND paid_at IS NOT NULL").await, 0);
+        assert_eq!(
+            count(
+                &db,
+                "status IN ('paid','shipped','delivered') AND paid_at IS NULL"
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            count(&db, "status = 'pending' AND paid_at IS NOT NULL").await,
+            0
+        );
         assert!(count(&db, "id >= 401 AND status <> 'pending'").await > 0);
         assert_eq!(count(&db, "updated_time < created_at").await, 0);
         assert!(report.transactions >= 3000 / 40);
@@ -183,9 +276,20 @@ async fn deletes_remove_exactly_the_reported_rows() {
     for server in source_servers() {
         let db = SourceDb::create(&server).await;
         do_prefill(&db, 300, 2).await;
-        let report = do_run(&db, flat_out(&db, 1000, "insert=20,status=20,amount=20,delete=40".parse().unwrap())).await;
+        let report = do_run(
+            &db,
+            flat_out(
+                &db,
+                1000,
+                "insert=20,status=20,amount=20,delete=40".parse().unwrap(),
+            ),
+        )
+        .await;
         assert!(report.ops.delete > 250, "{:?}", report.ops);
-        assert_eq!(count(&db, "TRUE").await, 300 + report.ops.insert - report.ops.delete);
+        assert_eq!(
+            count(&db, "TRUE").await,
+            300 + report.ops.insert - report.ops.delete
+        );
         db.drop_db().await;
     }
 }
@@ -200,7 +304,10 @@ async fn same_seed_same_final_table() {
             do_run(&db, flat_out(&db, 1200, Mix::default())).await;
             tables.push((content(&db).await, db));
         }
-        assert_eq!(tables[0].0, tables[1].0, "two runs with the same seed differ");
+        assert_eq!(
+            tables[0].0, tables[1].0,
+            "two runs with the same seed differ"
+        );
         for (_, db) in tables {
             db.drop_db().await;
         }
@@ -224,10 +331,16 @@ async fn rate_limit_and_burst_bound_the_rows_written() {
         let report = do_run(&db, cfg.clone()).await;
         let rows = count(&db, "TRUE").await;
         assert_eq!(rows, report.rows);
-        assert!(rows <= 3000 + 2 * 100, "rate limit exceeded: {rows} rows in 3 s at 1000/s");
+        assert!(
+            rows <= 3000 + 2 * 100,
+            "rate limit exceeded: {rows} rows in 3 s at 1000/s"
+        );
         // Loose on purpose: the machine running the tests is shared; the upper bound above is
         // the sharp check.
-        assert!(rows >= 1500, "far below the target: {rows} rows in 3 s at 1000/s");
+        assert!(
+            rows >= 1500,
+            "far below the target: {rows} rows in 3 s at 1000/s"
+        );
 
         // Bursts of 10x for 0.8 s every 1 s, over 2 s: about 200 + 1600 + 40 = 1840 rows. Without
         // bursts the schedule allows at most 400 + 2·50 = 500, so more than 700 proves the bursts
@@ -240,12 +353,19 @@ async fn rate_limit_and_burst_bound_the_rows_written() {
         cfg.tx_rows = 50;
         cfg.connections = 2;
         cfg.mix = Mix::INSERT_ONLY;
-        cfg.burst = Some(Burst { every: Duration::from_secs(1), length: Duration::from_millis(800), factor: 10.0 });
+        cfg.burst = Some(Burst {
+            every: Duration::from_secs(1),
+            length: Duration::from_millis(800),
+            factor: 10.0,
+        });
         let report = do_run(&burst_db, cfg).await;
         let rows = count(&burst_db, "TRUE").await;
         assert_eq!(rows, report.rows);
         assert!(rows > 700, "bursts did not raise the rate: {rows} rows");
-        assert!(rows <= 1840 + 2 * 50 + 2 * 50, "bursts overshoot: {rows} rows");
+        assert!(
+            rows <= 1840 + 2 * 50 + 2 * 50,
+            "bursts overshoot: {rows} rows"
+        );
         db.drop_db().await;
         burst_db.drop_db().await;
     }

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdcsync_tests::{consume_all, split_password, stack, unique_name, Consumed, Flavor, SourceDb, SourceServer};
+use cdcsync_tests::{
+    consume_all, split_password, stack, unique_name, Consumed, Flavor, SourceDb, SourceServer,
+};
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -33,7 +35,10 @@ fn newest_source() -> std::time::SystemTime {
     }
     let mut newest = std::time::UNIX_EPOCH;
     for c in ["binlog-reader", "cdc-event", "cdc-config", "cdc-telemetry"] {
-        walk(&cdcsync_tests::repo_root().join("crates").join(c), &mut newest);
+        walk(
+            &cdcsync_tests::repo_root().join("crates").join(c),
+            &mut newest,
+        );
     }
     newest
 }
@@ -45,7 +50,11 @@ fn reader_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
     let bin = dir.join("binlog-reader");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
@@ -139,13 +148,21 @@ heartbeat_interval_ms = 1000
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn reader");
-        let mut p = ReaderProc { child, log, _dir: dir };
+        let mut p = ReaderProc {
+            child,
+            log,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !p.log_text().contains("starting binlog stream") {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("reader exited early ({status}):\n{}", p.log_text());
             }
-            assert!(Instant::now() < deadline, "reader did not start:\n{}", p.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "reader did not start:\n{}",
+                p.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         p
@@ -159,13 +176,19 @@ impl ReaderProc {
 
     /// SIGTERM and wait; returns the exit code.
     fn stop(mut self) -> i32 {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "reader did not stop on SIGTERM:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "reader did not stop on SIGTERM:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -206,7 +229,9 @@ fn topic_exists(topic: &str) -> bool {
         .set("bootstrap.servers", &stack().kafka_bootstrap)
         .create()
         .expect("consumer");
-    let md = c.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
     md.topics().iter().any(|t| t.name() == topic)
 }
 
@@ -227,7 +252,11 @@ fn consume(topic: &str, expected: usize) -> Vec<Consumed> {
 }
 
 fn header<'a>(m: &'a Consumed, k: &str) -> &'a str {
-    m.headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.as_str()).unwrap_or("")
+    m.headers
+        .iter()
+        .find(|(hk, _)| hk == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 /// Standard base64 with padding (the tests avoid a dependency for it).
@@ -260,12 +289,19 @@ async fn admin_exec(db: &SourceDb, sql: &str) {
 /// `CDCSYNC_TEST_FLAVORS` leaves the flavor out on purpose. A flavor that is merely not running
 /// fails the test: `scripts/stack up` starts both.
 fn server_of(flavor: Flavor) -> Option<SourceServer> {
-    let found = cdcsync_tests::source_servers().into_iter().find(|s| s.flavor == flavor);
+    let found = cdcsync_tests::source_servers()
+        .into_iter()
+        .find(|s| s.flavor == flavor);
     if found.is_none() && std::env::var("CDCSYNC_TEST_FLAVORS").is_ok_and(|f| !f.is_empty()) {
         eprintln!("{} left out by CDCSYNC_TEST_FLAVORS", flavor.connector());
         return None;
     }
-    Some(found.unwrap_or_else(|| panic!("no {} source in the stack: run `scripts/stack up`", flavor.connector())))
+    Some(found.unwrap_or_else(|| {
+        panic!(
+            "no {} source in the stack: run `scripts/stack up`",
+            flavor.connector()
+        )
+    }))
 }
 
 /// Declares, for each `async fn case(server: SourceServer)`, a module `case` with the tests
@@ -323,7 +359,14 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(serve
     let msgs = consume(&topic, 9);
     let summary: Vec<(String, Option<String>)> = msgs
         .iter()
-        .map(|m| (m.key.clone().unwrap(), m.value.as_ref().map(|_| m.json()["op"].as_str().unwrap().to_string())))
+        .map(|m| {
+            (
+                m.key.clone().unwrap(),
+                m.value
+                    .as_ref()
+                    .map(|_| m.json()["op"].as_str().unwrap().to_string()),
+            )
+        })
         .collect();
     let k = |id: i64| format!("{{\"id\":{id}}}");
     assert_eq!(
@@ -342,7 +385,10 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(serve
     );
     let first = msgs[0].json();
     assert_eq!(first["before"], Value::Null);
-    assert_eq!(first["after"], json!({"id": 1, "status": "new", "amount": "10.50"}));
+    assert_eq!(
+        first["after"],
+        json!({"id": 1, "status": "new", "amount": "10.50"})
+    );
     let src = &first["source"];
     assert_eq!(src["connector"], server.flavor.connector());
     assert_eq!(src["name"], s.name.as_str());
@@ -358,10 +404,18 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(serve
         Flavor::Mysql => assert!(gtid.len() > 37 && gtid.as_bytes()[36] == b':', "{src}"),
     }
     assert!(src["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
-    let id = format!("{}:{}:{}:0", s.name, src["file"].as_str().unwrap(), src["pos"]);
+    let id = format!(
+        "{}:{}:{}:0",
+        s.name,
+        src["file"].as_str().unwrap(),
+        src["pos"]
+    );
     assert_eq!(src["event_id"], id.as_str());
     assert_eq!(header(&msgs[0], "cdc_event_id"), id);
-    assert_eq!(header(&msgs[0], "cdc_version"), src["cdc_version"].as_str().unwrap());
+    assert_eq!(
+        header(&msgs[0], "cdc_version"),
+        src["cdc_version"].as_str().unwrap()
+    );
     assert_eq!(
         first["schema"],
         json!({"columns": [
@@ -371,12 +425,16 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(serve
           "primary_key": ["id"]})
     );
     // The envelope deserialises into the shared wire type, and its key is `key_json`.
-    let ev: cdc_event::ChangeEvent = serde_json::from_str(msgs[0].value.as_deref().unwrap()).unwrap();
+    let ev: cdc_event::ChangeEvent =
+        serde_json::from_str(msgs[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(ev.key_json().unwrap(), msgs[0].key.clone().unwrap());
     // The multi-row transaction: one rows event, rows 0 and 1, same GTID.
     let (a, b) = (msgs[1].json(), msgs[2].json());
     assert_eq!(a["source"]["pos"], b["source"]["pos"]);
-    assert_eq!((a["source"]["row"].as_u64(), b["source"]["row"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (a["source"]["row"].as_u64(), b["source"]["row"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(a["source"]["gtid"], b["source"]["gtid"]);
     assert_eq!(b["after"]["amount"], Value::Null);
     // Update: both images.
@@ -389,12 +447,21 @@ async fn changes_become_exact_events_with_tombstones_pk_changes_and_filter(serve
     assert!(c["source"]["event_id"].as_str().unwrap().ends_with(":c"));
     assert_eq!(d["source"]["cdc_version"], c["source"]["cdc_version"]);
     assert_eq!(d["before"]["id"], 2);
-    assert_eq!(c["after"], json!({"id": 20, "status": "new", "amount": "1.00"}));
+    assert_eq!(
+        c["after"],
+        json!({"id": 20, "status": "new", "amount": "1.00"})
+    );
     // Versions grow with the binlog.
     let versions: Vec<u128> = msgs
         .iter()
         .filter(|m| m.value.is_some())
-        .map(|m| m.json()["source"]["cdc_version"].as_str().unwrap().parse().unwrap())
+        .map(|m| {
+            m.json()["source"]["cdc_version"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
     // The excluded table produced nothing, not even a topic.
@@ -422,7 +489,9 @@ async fn every_column_type_is_exact(server: SourceServer) {
     let s = Setup::new(&db);
     let reader = s.start();
     let mut conn = db.conn().await;
-    conn.query_drop("SET time_zone = '+00:00', sql_mode = 'ALLOW_INVALID_DATES'").await.unwrap();
+    conn.query_drop("SET time_zone = '+00:00', sql_mode = 'ALLOW_INVALID_DATES'")
+        .await
+        .unwrap();
     // Row 1: minimums; row 2: maximums; row 3: NULLs (and the >16 MiB LONGBLOB, alone).
     conn.query_drop(
         "INSERT INTO t VALUES (1,
@@ -444,9 +513,13 @@ async fn every_column_type_is_exact(server: SourceServer) {
     )
     .await
     .unwrap();
-    conn.query_drop("INSERT INTO t (id, y, da) VALUES (3, 0, '0000-00-00')").await.unwrap();
+    conn.query_drop("INSERT INTO t (id, y, da) VALUES (3, 0, '0000-00-00')")
+        .await
+        .unwrap();
     let big: Vec<u8> = (0..(17u32 << 20)).map(|i| (i % 251) as u8).collect();
-    conn.exec_drop("INSERT INTO t (id, lb) VALUES (4, ?)", (big.clone(),)).await.unwrap();
+    conn.exec_drop("INSERT INTO t (id, lb) VALUES (4, ?)", (big.clone(),))
+        .await
+        .unwrap();
     drop(conn);
     let msgs = consume(&s.topic("t"), 4);
     let after: Vec<Value> = msgs.iter().map(|m| m.json()["after"].clone()).collect();
@@ -467,7 +540,11 @@ async fn every_column_type_is_exact(server: SourceServer) {
         "en":"shipped","st":"a,c","bt":1023,"j":{"k":[1,2.5,"x",null,true],"n":{"é":{}}}});
     assert_eq!(after[1], want2);
     // BIGINT UNSIGNED max is exact in the text, not rounded through a double.
-    assert!(msgs[1].value.as_deref().unwrap().contains("\"bu\":18446744073709551615,"));
+    assert!(msgs[1]
+        .value
+        .as_deref()
+        .unwrap()
+        .contains("\"bu\":18446744073709551615,"));
     assert_eq!(after[2]["y"], 0);
     assert_eq!(after[2]["da"], Value::Null, "zero date → null");
     assert_eq!(after[2]["i"], Value::Null);
@@ -475,7 +552,12 @@ async fn every_column_type_is_exact(server: SourceServer) {
     assert!(lb == big, "17 MiB LONGBLOB intact ({} bytes)", lb.len());
     // The schema block carries the exact types.
     let schema = &msgs[1].json()["schema"]["columns"];
-    let by_name: HashMap<&str, &Value> = schema.as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap(), c)).collect();
+    let by_name: HashMap<&str, &Value> = schema
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c))
+        .collect();
     assert_eq!(by_name["bu"]["type"], "big_int");
     assert_eq!(by_name["bu"]["unsigned"], true);
     assert_eq!(by_name["dt6"]["fsp"], 6);
@@ -507,7 +589,13 @@ async fn alter_add_column_and_binlog_rotation_mid_stream(server: SourceServer) {
     let f1 = v[1]["source"]["file"].as_str().unwrap().to_string();
     let f2 = v[2]["source"]["file"].as_str().unwrap().to_string();
     assert!(f2 > f1, "rotation moved the file: {f1} → {f2}");
-    let ver = |x: &Value| x["source"]["cdc_version"].as_str().unwrap().parse::<u128>().unwrap();
+    let ver = |x: &Value| {
+        x["source"]["cdc_version"]
+            .as_str()
+            .unwrap()
+            .parse::<u128>()
+            .unwrap()
+    };
     assert!(ver(&v[2]) > ver(&v[1]) && ver(&v[1]) > ver(&v[0]));
     assert_eq!(reader.stop(), 0);
     db.drop_db().await;
@@ -573,10 +661,18 @@ async fn crash_restart_loses_nothing_and_repeats_keep_their_ids(server: SourceSe
         .filter(|v| v["op"] == "c")
         .map(|v| v["after"]["id"].as_i64().unwrap())
         .collect();
-    let missing: Vec<u32> = (1..=committed).filter(|i| !creates.contains(&(*i as i64))).collect();
-    assert!(missing.is_empty(), "committed rows missing from Kafka: {missing:?}");
+    let missing: Vec<u32> = (1..=committed)
+        .filter(|i| !creates.contains(&(*i as i64)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "committed rows missing from Kafka: {missing:?}"
+    );
     assert_eq!(by_id.len(), expected_distinct, "distinct events");
-    eprintln!("crash test: {committed} transactions, {} messages, {dups} repeats", msgs.len());
+    eprintln!(
+        "crash test: {committed} transactions, {} messages, {dups} repeats",
+        msgs.len()
+    );
     db.drop_db().await;
 }
 
@@ -599,7 +695,13 @@ async fn purged_binlog_is_a_definite_error(server: SourceServer) {
     };
     let cp = json!({"flavor": server.flavor.connector(), "server_id": server_id, "gtid_set": "",
                     "position": {"file": file, "pos": 4}, "ts_ms": 0});
-    cdcsync_tests::produce(&producer, &format!("{}._checkpoints", s.name), &s.name, Some(&cp.to_string())).await;
+    cdcsync_tests::produce(
+        &producer,
+        &format!("{}._checkpoints", s.name),
+        &s.name,
+        Some(&cp.to_string()),
+    )
+    .await;
     let (dir, path) = cdcsync_tests::write_config(&s.toml());
     let log = dir.path().join("reader.log");
     let child = Command::new(reader_bin())
@@ -609,7 +711,11 @@ async fn purged_binlog_is_a_definite_error(server: SourceServer) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let p = ReaderProc { child, log, _dir: dir };
+    let p = ReaderProc {
+        child,
+        log,
+        _dir: dir,
+    };
     let (code, text) = p.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("purged"), "{text}");
@@ -638,7 +744,13 @@ async fn unknown_gtid_is_a_definite_error(server: SourceServer) {
     cdcsync_tests::create_topic(&topic, 1).await;
     let cp = json!({"flavor": server.flavor.connector(), "server_id": server_id, "gtid_set": gtid,
                     "position": {"file": file, "pos": 4}, "ts_ms": 0});
-    cdcsync_tests::produce(&cdcsync_tests::producer(), &topic, &s.name, Some(&cp.to_string())).await;
+    cdcsync_tests::produce(
+        &cdcsync_tests::producer(),
+        &topic,
+        &s.name,
+        Some(&cp.to_string()),
+    )
+    .await;
     let (dir, path) = cdcsync_tests::write_config(&s.toml());
     let log = dir.path().join("reader.log");
     let child = Command::new(reader_bin())
@@ -648,7 +760,11 @@ async fn unknown_gtid_is_a_definite_error(server: SourceServer) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let p = ReaderProc { child, log, _dir: dir };
+    let p = ReaderProc {
+        child,
+        log,
+        _dir: dir,
+    };
     let (code, text) = p.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("GTID"), "{text}");
@@ -670,7 +786,10 @@ async fn server_id_clash_is_a_definite_error() {
     let (code, text) = first.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("server_id clash"), "{text}");
-    assert!(text.contains("source.server_id"), "the message names the setting to fix: {text}");
+    assert!(
+        text.contains("source.server_id"),
+        "the message names the setting to fix: {text}"
+    );
     assert_eq!(second.stop(), 0);
     db.drop_db().await;
 }

@@ -61,30 +61,53 @@ fn row(i: u64) -> Lit {
     both(i.to_string(), i.to_string());
     let name = format!("name-{i}-ü€😀");
     both(my_str(&name), pg_str(&name));
-    let (m, p) = if i % 7 == 0 { null() } else {
+    let (m, p) = if i % 7 == 0 {
+        null()
+    } else {
         let note = format!("line1\nline2\t'q' \\ {i}");
         (my_str(&note), pg_str(&note))
     };
     both(m, p);
-    let amount = format!("{}{}.{:02}", if i % 11 == 0 { "-" } else { "" }, i * 3 % 100_000, i % 100);
+    let amount = format!(
+        "{}{}.{:02}",
+        if i % 11 == 0 { "-" } else { "" },
+        i * 3 % 100_000,
+        i % 100
+    );
     both(my_str(&amount), pg_str(&amount));
-    let created = format!("2026-01-{:02} 10:{:02}:{:02}.{:06}", 1 + i % 28, i % 60, (i / 60) % 60, i * 37 % 1_000_000);
+    let created = format!(
+        "2026-01-{:02} 10:{:02}:{:02}.{:06}",
+        1 + i % 28,
+        i % 60,
+        (i / 60) % 60,
+        i * 37 % 1_000_000
+    );
     both(my_str(&created), pg_str(&created));
-    let (m, p) = if i % 5 == 0 { null() } else {
+    let (m, p) = if i % 5 == 0 {
+        null()
+    } else {
         let paid = format!("2025-06-01 12:{:02}:00.{:06}", i % 60, i * 13 % 1_000_000);
         (my_str(&paid), pg_str(&format!("{paid}+00")))
     };
     both(m, p);
-    let (m, p) = if i % 6 == 0 { null() } else {
+    let (m, p) = if i % 6 == 0 {
+        null()
+    } else {
         // Key order, spacing and a number in exponent form that PostgreSQL prints differently.
-        let json = format!(r#"{{"tags":["a","b"],"n":{i},"price":1.5e1,"nested":{{"z":true,"a":null,"s":"é\"x"}}}}"#);
+        let json = format!(
+            r#"{{"tags":["a","b"],"n":{i},"price":1.5e1,"nested":{{"z":true,"a":null,"s":"é\"x"}}}}"#
+        );
         // The warehouse gets what the pipeline carries: the reader parses the text and the
         // applier writes serde_json's text of it (`1.5e1` arrives as `15.0`).
-        let carried = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&json).unwrap()).unwrap();
+        let carried =
+            serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&json).unwrap())
+                .unwrap();
         (my_str(&json), pg_str(&carried))
     };
     both(m, p);
-    let (m, p) = if i % 4 == 0 { null() } else {
+    let (m, p) = if i % 4 == 0 {
+        null()
+    } else {
         let hex = format!("{:02x}00ff{:02x}", i % 256, i * 7 % 256);
         (format!("X'{hex}'"), format!("'\\x{hex}'"))
     };
@@ -93,26 +116,49 @@ fn row(i: u64) -> Lit {
     both(my_str(status), pg_str(status));
     let flags = ["", "x", "x,z", "y"][(i % 4) as usize];
     both(my_str(flags), pg_str(flags));
-    let (m, p) = if i % 9 == 0 { null() } else {
-        let dur = format!("{}{:02}:{:02}:{:02}.{:06}", if i % 2 == 0 { "-" } else { "" }, i % 839, i % 60, i * 7 % 60, i * 13 % 1_000_000);
+    let (m, p) = if i % 9 == 0 {
+        null()
+    } else {
+        let dur = format!(
+            "{}{:02}:{:02}:{:02}.{:06}",
+            if i % 2 == 0 { "-" } else { "" },
+            i % 839,
+            i % 60,
+            i * 7 % 60,
+            i * 13 % 1_000_000
+        );
         (my_str(&dur), pg_str(&dur))
     };
     both(m, p);
-    let (m, p) = if i % 10 == 0 { null() } else { ((1901 + i % 255).to_string(), (1901 + i % 255).to_string()) };
+    let (m, p) = if i % 10 == 0 {
+        null()
+    } else {
+        ((1901 + i % 255).to_string(), (1901 + i % 255).to_string())
+    };
     both(m, p);
-    let (m, p) = if i % 8 == 0 { null() } else { ((i % 32).to_string(), format!("B'{:05b}'", i % 32)) };
+    let (m, p) = if i % 8 == 0 {
+        null()
+    } else {
+        ((i % 32).to_string(), format!("B'{:05b}'", i % 32))
+    };
     both(m, p);
-    let (m, p) = if i % 3 == 0 { null() } else {
+    let (m, p) = if i % 3 == 0 {
+        null()
+    } else {
         let r = format!("{}", i as f64 / 7.0);
         (r.clone(), format!("{r}::float8"))
     };
     both(m, p);
-    let (m, p) = if i % 3 == 1 { null() } else {
+    let (m, p) = if i % 3 == 1 {
+        null()
+    } else {
         let r = format!("{}", (i as f32) * 1.1f32);
         (r.clone(), format!("{r}::real"))
     };
     both(m, p);
-    let (m, p) = if i % 5 == 1 { null() } else {
+    let (m, p) = if i % 5 == 1 {
+        null()
+    } else {
         let d = format!("2024-{:02}-{:02}", 1 + i % 12, 1 + i % 28);
         (my_str(&d), pg_str(&d))
     };
@@ -138,19 +184,46 @@ impl Fixture {
         let table = TableId::new(db.name.clone(), "items");
         let mut conn = db.conn().await;
         conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
-        let source_schema = reconcile::schema::source_schema(&mut conn, &table).await.unwrap();
+        let source_schema = reconcile::schema::source_schema(&mut conn, &table)
+            .await
+            .unwrap();
         let qualified = format!("\"{}\".\"items\"", pg.name);
-        sqlx::query(&warehouse_applier::tables::create_table_sql(&qualified, &source_schema)).execute(&pg.pool).await.unwrap();
+        sqlx::query(&warehouse_applier::tables::create_table_sql(
+            &qualified,
+            &source_schema,
+        ))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
         let ids: Vec<u64> = (1..=rows).collect();
         for batch in ids.chunks(500) {
             let lits: Vec<Lit> = batch.iter().map(|&i| row(i)).collect();
-            let my: Vec<String> = lits.iter().map(|l| format!("({})", l.my.join(", "))).collect();
-            conn.query_drop(format!("INSERT INTO items VALUES {}", my.join(", "))).await.unwrap();
-            let pgv: Vec<String> =
-                lits.iter().zip(batch).map(|(l, i)| format!("({}, {}, false, now(), now())", l.pg.join(", "), 1000 + i)).collect();
-            sqlx::query(&format!("INSERT INTO {qualified} VALUES {}", pgv.join(", "))).execute(&pg.pool).await.unwrap();
+            let my: Vec<String> = lits
+                .iter()
+                .map(|l| format!("({})", l.my.join(", ")))
+                .collect();
+            conn.query_drop(format!("INSERT INTO items VALUES {}", my.join(", ")))
+                .await
+                .unwrap();
+            let pgv: Vec<String> = lits
+                .iter()
+                .zip(batch)
+                .map(|(l, i)| format!("({}, {}, false, now(), now())", l.pg.join(", "), 1000 + i))
+                .collect();
+            sqlx::query(&format!(
+                "INSERT INTO {qualified} VALUES {}",
+                pgv.join(", ")
+            ))
+            .execute(&pg.pool)
+            .await
+            .unwrap();
         }
-        Fixture { db, pg, table, prefix: unique_name("rc") }
+        Fixture {
+            db,
+            pg,
+            table,
+            prefix: unique_name("rc"),
+        }
     }
 
     fn configs(&self) -> (SourceConfig, WarehouseConfig, KafkaConfig) {
@@ -160,8 +233,11 @@ impl Fixture {
             env.mysql_url, self.table
         ))
         .unwrap();
-        let warehouse: WarehouseConfig =
-            cdc_config::from_toml(&format!("url = \"{}\"\nschema = \"{}\"\n", env.postgres_url, self.pg.name)).unwrap();
+        let warehouse: WarehouseConfig = cdc_config::from_toml(&format!(
+            "url = \"{}\"\nschema = \"{}\"\n",
+            env.postgres_url, self.pg.name
+        ))
+        .unwrap();
         let kafka: KafkaConfig = cdc_config::from_toml(&format!(
             "bootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n",
             env.kafka_bootstrap, self.prefix
@@ -171,7 +247,13 @@ impl Fixture {
     }
 
     fn config(&self, recheck_ms: u64) -> ReconcileConfig {
-        ReconcileConfig { chunk_rows: 500, parallelism: 2, recheck_timeout_ms: recheck_ms, recheck_interval_ms: 100, ..Default::default() }
+        ReconcileConfig {
+            chunk_rows: 500,
+            parallelism: 2,
+            recheck_timeout_ms: recheck_ms,
+            recheck_interval_ms: 100,
+            ..Default::default()
+        }
     }
 
     async fn reconciler(&self, cfg: &ReconcileConfig) -> Reconciler {
@@ -181,7 +263,10 @@ impl Fixture {
 
     async fn pg(&self, sql: &str) {
         let sql = sql.replace("T.", &format!("\"{}\".items", self.pg.name));
-        sqlx::query(&sql).execute(&self.pg.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::query(&sql)
+            .execute(&self.pg.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     async fn drop(self) {
@@ -192,30 +277,45 @@ impl Fixture {
 
 /// `(kind, id, columns)` of every difference.
 fn found(r: &Report) -> BTreeSet<(Kind, u64, Vec<String>)> {
-    r.differences.iter().map(|d| (d.kind, d.key["id"].as_u64().unwrap(), d.columns.clone())).collect()
+    r.differences
+        .iter()
+        .map(|d| (d.kind, d.key["id"].as_u64().unwrap(), d.columns.clone()))
+        .collect()
 }
 
 fn expected(items: &[(Kind, u64, &[&str])]) -> BTreeSet<(Kind, u64, Vec<String>)> {
-    items.iter().map(|(k, id, cols)| (*k, *id, cols.iter().map(|c| c.to_string()).collect())).collect()
+    items
+        .iter()
+        .map(|(k, id, cols)| (*k, *id, cols.iter().map(|c| c.to_string()).collect()))
+        .collect()
 }
 
 /// Tampering applied behind the pipeline's back, and what the report must say about it.
 async fn tamper(f: &Fixture) -> BTreeSet<(Kind, u64, Vec<String>)> {
     f.pg("DELETE FROM T. WHERE id = 10").await;
-    f.pg("UPDATE T. SET note = overlay(note placing 'X' from 3 for 1) WHERE id = 20").await;
-    f.pg("UPDATE T. SET amount = amount + 0.01 WHERE id = 30").await;
-    f.pg("UPDATE T. SET created = created + interval '1 microsecond' WHERE id = 40").await;
-    f.pg("UPDATE T. SET attrs = jsonb_set(attrs, '{nested,z}', 'false') WHERE id = 50").await;
-    f.pg("UPDATE T. SET _cdc_deleted = true WHERE id = 61").await;
-    f.pg("UPDATE T. SET paid = paid + interval '1 hour', data = '\\x00'::bytea WHERE id = 77").await;
-    f.pg("UPDATE T. SET dur = dur + interval '1 microsecond' WHERE id = 1203").await;
-    f.pg("UPDATE T. SET score = score * 2 WHERE id = 1502").await;
+    f.pg("UPDATE T. SET note = overlay(note placing 'X' from 3 for 1) WHERE id = 20")
+        .await;
+    f.pg("UPDATE T. SET amount = amount + 0.01 WHERE id = 30")
+        .await;
+    f.pg("UPDATE T. SET created = created + interval '1 microsecond' WHERE id = 40")
+        .await;
+    f.pg("UPDATE T. SET attrs = jsonb_set(attrs, '{nested,z}', 'false') WHERE id = 50")
+        .await;
+    f.pg("UPDATE T. SET _cdc_deleted = true WHERE id = 61")
+        .await;
+    f.pg("UPDATE T. SET paid = paid + interval '1 hour', data = '\\x00'::bytea WHERE id = 77")
+        .await;
+    f.pg("UPDATE T. SET dur = dur + interval '1 microsecond' WHERE id = 1203")
+        .await;
+    f.pg("UPDATE T. SET score = score * 2 WHERE id = 1502")
+        .await;
     f.pg("INSERT INTO T. (id, name, amount, created, status, flags, qty, _cdc_version) VALUES (100000, 'x', 1, now(), 'new', '', 1, 5)").await;
     // Deleted at the source but still live in the warehouse: extra.
     f.db.exec("DELETE FROM items WHERE id = 1999").await;
     // Deleted at both (soft-deleted in the warehouse): consistent.
     f.db.exec("DELETE FROM items WHERE id = 2001").await;
-    f.pg("UPDATE T. SET _cdc_deleted = true WHERE id = 2001").await;
+    f.pg("UPDATE T. SET _cdc_deleted = true WHERE id = 2001")
+        .await;
     expected(&[
         (Kind::Missing, 10, &[]),
         (Kind::Missing, 61, &["_cdc_deleted"]),
@@ -237,27 +337,51 @@ async fn clean_copy_is_clean_and_tampering_is_found_exactly() {
     let cfg = f.config(300);
     let r = f.reconciler(&cfg).await;
     let clean = r.run(&f.table, false).await.unwrap();
-    assert!(clean.is_clean(), "a faithful copy must give an empty report:\n{}", clean.summary());
+    assert!(
+        clean.is_clean(),
+        "a faithful copy must give an empty report:\n{}",
+        clean.summary()
+    );
     assert_eq!(clean.rows_checked, 2_500);
     assert_eq!(clean.warehouse_rows, 2_500);
-    assert_eq!(clean.chunks, 6, "5 full chunks of 500 and the open-ended tail");
+    assert_eq!(
+        clean.chunks, 6,
+        "5 full chunks of 500 and the open-ended tail"
+    );
     assert_eq!(clean.chunks_mismatched, 0);
 
     let want = tamper(&f).await;
     let report = r.run(&f.table, false).await.unwrap();
     assert_eq!(found(&report), want, "{}", report.summary());
     assert_eq!(report.rows_checked, 2_498);
-    assert!(report.chunks_mismatched >= 4 && report.chunks_mismatched <= 6, "{}", report.chunks_mismatched);
+    assert!(
+        report.chunks_mismatched >= 4 && report.chunks_mismatched <= 6,
+        "{}",
+        report.chunks_mismatched
+    );
 
     // The JSON-lines file names the same keys and ends with the summary.
     let path = std::env::temp_dir().join(format!("{}.jsonl", unique_name("report")));
     report.write_file(path.to_str().unwrap()).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), want.len() + 1);
-    assert!(lines[..want.len()].iter().all(|l| l["type"] == "difference" && l["key"]["id"].is_u64()));
+    assert!(lines[..want.len()]
+        .iter()
+        .all(|l| l["type"] == "difference" && l["key"]["id"].is_u64()));
     let last = &lines[want.len()];
-    assert_eq!((last["type"].as_str(), last["missing"].as_u64(), last["extra"].as_u64(), last["mismatched"].as_u64()), (Some("summary"), Some(2), Some(2), Some(7)));
+    assert_eq!(
+        (
+            last["type"].as_str(),
+            last["missing"].as_u64(),
+            last["extra"].as_u64(),
+            last["mismatched"].as_u64()
+        ),
+        (Some("summary"), Some(2), Some(2), Some(7))
+    );
     let _ = std::fs::remove_file(path);
 
     // Metrics of the last completed run.
@@ -267,7 +391,12 @@ async fn clean_copy_is_clean_and_tampering_is_found_exactly() {
         let line = format!("cdcsync_reconcile_mismatches{{kind=\"{kind}\",table=\"{label}\"}} {n}");
         assert!(m.contains(&line), "missing `{line}` in\n{m}");
     }
-    assert!(m.contains(&format!("cdcsync_reconcile_rows_checked_total{{table=\"{label}\"}} 4998")), "{m}");
+    assert!(
+        m.contains(&format!(
+            "cdcsync_reconcile_rows_checked_total{{table=\"{label}\"}} 4998"
+        )),
+        "{m}"
+    );
     f.drop().await;
 }
 
@@ -277,7 +406,8 @@ async fn repair_emits_events_with_current_versions_into_the_table_topic() {
     let cfg = f.config(200);
     let r = f.reconciler(&cfg).await;
     f.pg("DELETE FROM T. WHERE id = 5").await;
-    f.pg("UPDATE T. SET amount = amount + 0.01 WHERE id = 6").await;
+    f.pg("UPDATE T. SET amount = amount + 0.01 WHERE id = 6")
+        .await;
     f.pg("UPDATE T. SET _cdc_deleted = true WHERE id = 7").await;
     f.db.exec("DELETE FROM items WHERE id = 8").await;
     let position_before: (String, u64) = {
@@ -288,7 +418,12 @@ async fn repair_emits_events_with_current_versions_into_the_table_topic() {
     let report = r.run(&f.table, true).await.unwrap();
     assert_eq!(
         found(&report),
-        expected(&[(Kind::Missing, 5, &[]), (Kind::Missing, 7, &["_cdc_deleted"]), (Kind::Extra, 8, &[]), (Kind::Mismatched, 6, &["amount"])])
+        expected(&[
+            (Kind::Missing, 5, &[]),
+            (Kind::Missing, 7, &["_cdc_deleted"]),
+            (Kind::Extra, 8, &[]),
+            (Kind::Mismatched, 6, &["amount"])
+        ])
     );
     assert_eq!(report.repaired, 4);
     assert!(report.differences.iter().all(|d| d.repaired));
@@ -296,28 +431,58 @@ async fn repair_emits_events_with_current_versions_into_the_table_topic() {
     let topic = format!("{}.{}.items", f.prefix, f.db.name);
     let msgs = consume_all(&[topic.as_str()], 5, Duration::from_secs(30));
     assert_eq!(msgs.len(), 5, "four events and one tombstone: {msgs:?}");
-    let floor = cdc_event::Version::at(&cdc_event::BinlogPosition { file: position_before.0, pos: position_before.1 }, 0).unwrap();
+    let floor = cdc_event::Version::at(
+        &cdc_event::BinlogPosition {
+            file: position_before.0,
+            pos: position_before.1,
+        },
+        0,
+    )
+    .unwrap();
     let mut seen = BTreeSet::new();
     for m in &msgs {
         let key = m.key.clone().unwrap();
         let Some(_) = &m.value else {
-            assert_eq!(key, r#"{"id":8}"#, "only the delete is followed by a tombstone");
+            assert_eq!(
+                key, r#"{"id":8}"#,
+                "only the delete is followed by a tombstone"
+            );
             continue;
         };
         let v = m.json();
         let event: cdc_event::ChangeEvent = serde_json::from_value(v.clone()).unwrap();
-        assert_eq!(event.key_json().as_deref(), Some(key.as_str()), "message key = key_json of the row");
+        assert_eq!(
+            event.key_json().as_deref(),
+            Some(key.as_str()),
+            "message key = key_json of the row"
+        );
         assert_eq!(v["source"]["snapshot"], "true");
-        assert!(event.source.cdc_version >= floor, "repair version {} must be at or after the position before the run {}", event.source.cdc_version, floor);
-        assert!(event.source.cdc_version > cdc_event::Version(1000 + 1200), "newer than every applied version");
-        assert_eq!(m.headers.iter().find(|(k, _)| k == "cdc_version").map(|(_, v)| v.clone()), Some(event.source.cdc_version.to_string()));
+        assert!(
+            event.source.cdc_version >= floor,
+            "repair version {} must be at or after the position before the run {}",
+            event.source.cdc_version,
+            floor
+        );
+        assert!(
+            event.source.cdc_version > cdc_event::Version(1000 + 1200),
+            "newer than every applied version"
+        );
+        assert_eq!(
+            m.headers
+                .iter()
+                .find(|(k, _)| k == "cdc_version")
+                .map(|(_, v)| v.clone()),
+            Some(event.source.cdc_version.to_string())
+        );
         let id = event.row().unwrap()["id"].as_u64().unwrap();
         seen.insert((id, event.op.code()));
         if event.op == cdc_event::Op::Read {
             let after = event.after.as_ref().unwrap();
             // The current source row in the wire format of docs/event-format.md.
             assert_eq!(after["name"], format!("name-{id}-ü€😀"));
-            assert!(after["amount"].is_string() && after["created"].as_str().unwrap().contains('T'));
+            assert!(
+                after["amount"].is_string() && after["created"].as_str().unwrap().contains('T')
+            );
             if id % 6 == 0 {
                 assert!(after["attrs"].is_null());
             } else {
@@ -325,7 +490,10 @@ async fn repair_emits_events_with_current_versions_into_the_table_topic() {
             }
         }
     }
-    assert_eq!(seen, BTreeSet::from([(5, "r"), (6, "r"), (7, "r"), (8, "d")]));
+    assert_eq!(
+        seen,
+        BTreeSet::from([(5, "r"), (6, "r"), (7, "r"), (8, "d")])
+    );
     f.drop().await;
 }
 
@@ -334,7 +502,10 @@ async fn repair_emits_events_with_current_versions_into_the_table_topic() {
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_in_flight_are_not_reported() {
     let f = Fixture::new(2_000).await;
-    let cfg = ReconcileConfig { recheck_timeout_ms: 5_000, ..f.config(0) };
+    let cfg = ReconcileConfig {
+        recheck_timeout_ms: 5_000,
+        ..f.config(0)
+    };
     let r = f.reconciler(&cfg).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = {
@@ -347,7 +518,11 @@ async fn changes_in_flight_are_not_reported() {
             while !stop.is_cancelled() {
                 let id = 1 + (n * 7919) % 2_000;
                 n += 1;
-                conn.query_drop(format!("UPDATE items SET amount = amount + 1, note = CONCAT('w', {n}) WHERE id = {id}")).await.unwrap();
+                conn.query_drop(format!(
+                    "UPDATE items SET amount = amount + 1, note = CONCAT('w', {n}) WHERE id = {id}"
+                ))
+                .await
+                .unwrap();
                 let (pool, q) = (pool.clone(), qualified.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -366,22 +541,43 @@ async fn changes_in_flight_are_not_reported() {
     stop.cancel();
     let writes = writer.await.unwrap();
     assert!(writes > 50, "the writer made {writes} changes");
-    assert!(report.in_flight > 0, "the first pass must have seen changes in flight (else this test proves nothing)");
-    assert!(report.is_clean(), "no false mismatches while the source changes:\n{}", report.summary());
+    assert!(
+        report.in_flight > 0,
+        "the first pass must have seen changes in flight (else this test proves nothing)"
+    );
+    assert!(
+        report.is_clean(),
+        "no false mismatches while the source changes:\n{}",
+        report.summary()
+    );
 
     // Let the stand-in pipeline deliver the last changes.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
 
     // Without a re-check a difference is reported at once: the re-check is what filters.
-    let no_recheck = ReconcileConfig { recheck_timeout_ms: 0, ..cfg.clone() };
+    let no_recheck = ReconcileConfig {
+        recheck_timeout_ms: 0,
+        ..cfg.clone()
+    };
     let r0 = f.reconciler(&no_recheck).await;
     let mut conn = f.db.conn().await;
     for id in [3u64, 4, 5] {
-        conn.query_drop(format!("UPDATE items SET amount = amount + 1 WHERE id = {id}")).await.unwrap();
+        conn.query_drop(format!(
+            "UPDATE items SET amount = amount + 1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
     }
     let report = r0.run(&f.table, false).await.unwrap();
     // Pool::disconnect in drop_db waits for every connection to come back.
     drop(conn);
-    assert_eq!(found(&report), expected(&[(Kind::Mismatched, 3, &["amount"]), (Kind::Mismatched, 4, &["amount"]), (Kind::Mismatched, 5, &["amount"])]));
+    assert_eq!(
+        found(&report),
+        expected(&[
+            (Kind::Mismatched, 3, &["amount"]),
+            (Kind::Mismatched, 4, &["amount"]),
+            (Kind::Mismatched, 5, &["amount"])
+        ])
+    );
     f.drop().await;
 }

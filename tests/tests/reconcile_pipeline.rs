@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cdcsync_tests::{cdcsync_bin, mariadb, split_password, stack, unique_name, write_config, PgSchema, SourceDb};
+use cdcsync_tests::{
+    cdcsync_bin, mariadb, split_password, stack, unique_name, write_config, PgSchema, SourceDb,
+};
 
 struct Pipeline {
     db: SourceDb,
@@ -69,7 +71,13 @@ bind = "127.0.0.1:0"
             schema = pg.name,
         );
         let (dir, config) = write_config(&toml);
-        Pipeline { db, pg, dir, config, children: Vec::new() }
+        Pipeline {
+            db,
+            pg,
+            dir,
+            config,
+            children: Vec::new(),
+        }
     }
 
     fn log(&self, what: &str) -> PathBuf {
@@ -97,7 +105,14 @@ bind = "127.0.0.1:0"
 
     fn loadgen(&self, args: &[&str], log: &str) -> Child {
         Command::new(cdcsync_bin())
-            .args(["loadgen", "--url", &self.db.server.admin_url, "--db", &self.db.name, "--quiet"])
+            .args([
+                "loadgen",
+                "--url",
+                &self.db.server.admin_url,
+                "--db",
+                &self.db.name,
+                "--quiet",
+            ])
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log(log)).unwrap())
@@ -125,20 +140,33 @@ bind = "127.0.0.1:0"
             if out.status.success() {
                 return;
             }
-            last = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            last = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             std::thread::sleep(Duration::from_secs(2));
         }
-        panic!("not equal within {timeout:?}:\n{last}\nreader:\n{}\napplier:\n{}", self.log_tail("reader"), self.log_tail("applier"));
+        panic!(
+            "not equal within {timeout:?}:\n{last}\nreader:\n{}\napplier:\n{}",
+            self.log_tail("reader"),
+            self.log_tail("applier")
+        );
     }
 
     async fn pg(&self, sql: &str) {
         let sql = sql.replace("T.", &format!("\"{}\".orders", self.pg.name));
-        sqlx::query(&sql).execute(&self.pg.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::query(&sql)
+            .execute(&self.pg.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     async fn finish(mut self) {
         for c in &mut self.children {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
         }
         for c in &mut self.children {
             let _ = c.wait();
@@ -171,41 +199,71 @@ async fn pipeline_reconciles_clean_finds_tampering_and_repairs_through_kafka() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let _ = Command::new("kill").args(["-TERM", &writer.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &writer.id().to_string()])
+        .status();
     let _ = writer.wait();
     p.wait_equal(Duration::from_secs(120));
 
     // 3. Tampering behind the pipeline's back.
     use mysql_async::prelude::Queryable;
     let mut c = p.db.conn().await;
-    let ids: Vec<u64> = c.query("SELECT id FROM orders ORDER BY id LIMIT 5").await.unwrap();
+    let ids: Vec<u64> = c
+        .query("SELECT id FROM orders ORDER BY id LIMIT 5")
+        .await
+        .unwrap();
     drop(c);
     let (a, b, d, e, g) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
     p.pg(&format!("DELETE FROM T. WHERE id = {a}")).await;
-    p.pg(&format!("UPDATE T. SET amount = amount + 0.01 WHERE id = {b}")).await;
+    p.pg(&format!(
+        "UPDATE T. SET amount = amount + 0.01 WHERE id = {b}"
+    ))
+    .await;
     p.pg(&format!("UPDATE T. SET created_at = created_at + interval '1 microsecond', shipping_address = shipping_address || 'x' WHERE id = {d}")).await;
     p.pg(&format!("UPDATE T. SET attributes = attributes || '{{\"gift\": true, \"x\": 1}}'::jsonb WHERE id = {e}")).await;
-    p.pg(&format!("UPDATE T. SET _cdc_deleted = true WHERE id = {g}")).await;
+    p.pg(&format!("UPDATE T. SET _cdc_deleted = true WHERE id = {g}"))
+        .await;
     p.pg("INSERT INTO T. (id, user_id, status, amount, discount, tax, currency, item_count, shipping_address, created_at, updated_time, version, _cdc_version) \
           VALUES (999999999, 1, 'paid', 1, 0, 0, 'EUR', 1, 'x', now(), now(), 1, 1)").await;
     let report_file = p.dir.path().join("report.jsonl");
     let out = p.reconcile(&["--report", report_file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "differences exit with 3:\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&report_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "differences exit with 3:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let found: BTreeSet<(String, u64, Vec<String>)> = lines
         .iter()
         .filter(|l| l["type"] == "difference")
         .map(|l| {
-            let cols = l["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
-            (l["kind"].as_str().unwrap().to_string(), l["key"]["id"].as_u64().unwrap(), cols)
+            let cols = l["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            (
+                l["kind"].as_str().unwrap().to_string(),
+                l["key"]["id"].as_u64().unwrap(),
+                cols,
+            )
         })
         .collect();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let want: BTreeSet<(String, u64, Vec<String>)> = [
         ("missing".to_string(), a, s(&[])),
         ("mismatched".to_string(), b, s(&["amount"])),
-        ("mismatched".to_string(), d, s(&["shipping_address", "created_at"])),
+        (
+            "mismatched".to_string(),
+            d,
+            s(&["shipping_address", "created_at"]),
+        ),
         ("mismatched".to_string(), e, s(&["attributes"])),
         ("missing".to_string(), g, s(&["_cdc_deleted"])),
         ("extra".to_string(), 999_999_999, s(&[])),
@@ -216,8 +274,17 @@ async fn pipeline_reconciles_clean_finds_tampering_and_repairs_through_kafka() {
 
     // 4. Repair through Kafka; the applier applies it; the next run is empty.
     let out = p.reconcile(&["--repair"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("repair: 6 change events produced"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("repair: 6 change events produced"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     p.wait_equal(Duration::from_secs(60));
     p.finish().await;
 }

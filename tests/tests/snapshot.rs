@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use binlog_reader::snapshot::progress::{self, State, TableProgress};
-use cdcsync_tests::{cdcsync_bin, mariadb, source_servers, split_password, stack, unique_name, write_config, Flavor, PgSchema, SourceDb, SourceServer};
+use cdcsync_tests::{
+    cdcsync_bin, mariadb, source_servers, split_password, stack, unique_name, write_config, Flavor,
+    PgSchema, SourceDb, SourceServer,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
@@ -73,7 +76,14 @@ bind = "127.0.0.1:0"
             schema = pg.name,
         );
         let (dir, config) = write_config(&toml);
-        Pipeline { name, db, pg, dir, config, children: Vec::new() }
+        Pipeline {
+            name,
+            db,
+            pg,
+            dir,
+            config,
+            children: Vec::new(),
+        }
     }
 
     fn topic(&self) -> String {
@@ -97,7 +107,10 @@ bind = "127.0.0.1:0"
         Command::new(cdcsync_bin())
             .args([cmd, "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn,binlog_reader::snapshot=debug")
+            .env(
+                "RUST_LOG",
+                "info,librdkafka=warn,rdkafka=warn,binlog_reader::snapshot=debug",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log(log)).expect("log file"))
             .spawn()
@@ -107,7 +120,14 @@ bind = "127.0.0.1:0"
     /// `cdcsync loadgen` against this database.
     fn loadgen(&self, args: &[&str], log: &str) -> Child {
         Command::new(cdcsync_bin())
-            .args(["loadgen", "--url", &self.db.server.admin_url, "--db", &self.db.name, "--quiet"])
+            .args([
+                "loadgen",
+                "--url",
+                &self.db.server.admin_url,
+                "--db",
+                &self.db.name,
+                "--quiet",
+            ])
             .args(args)
             .stdout(std::fs::File::create(self.log(&format!("{log}.out"))).expect("log file"))
             .stderr(std::fs::File::create(self.log(log)).expect("log file"))
@@ -117,18 +137,33 @@ bind = "127.0.0.1:0"
 
     fn prefill(&self, rows: u64) {
         let t = Instant::now();
-        let status = self.loadgen(&["--prefill", &rows.to_string(), "--connections", "4"], "prefill").wait().unwrap();
-        assert!(status.success(), "prefill failed: {}", self.log_text("prefill"));
-        eprintln!("prefilled {rows} orders in {:.1}s", t.elapsed().as_secs_f64());
+        let status = self
+            .loadgen(
+                &["--prefill", &rows.to_string(), "--connections", "4"],
+                "prefill",
+            )
+            .wait()
+            .unwrap();
+        assert!(
+            status.success(),
+            "prefill failed: {}",
+            self.log_text("prefill")
+        );
+        eprintln!(
+            "prefilled {rows} orders in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
 
     fn kafka(&self) -> cdc_config::KafkaConfig {
-        serde_json::from_value(serde_json::json!({"bootstrap_servers": stack().kafka_bootstrap})).expect("kafka config")
+        serde_json::from_value(serde_json::json!({"bootstrap_servers": stack().kafka_bootstrap}))
+            .expect("kafka config")
     }
 
     /// The durable snapshot progress of the orders table, if any.
     fn progress(&self) -> Option<TableProgress> {
-        let all = progress::load_all(&self.kafka(), &self.checkpoint_topic(), &self.name).expect("read progress");
+        let all = progress::load_all(&self.kafka(), &self.checkpoint_topic(), &self.name)
+            .expect("read progress");
         all.get(&format!("{}.orders", self.db.name)).cloned()
     }
 
@@ -136,12 +171,22 @@ bind = "127.0.0.1:0"
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(p) = self.progress() {
-                assert_ne!(p.state, State::Failed, "snapshot failed: {:?}\n{}", p.error, self.log_text("reader"));
+                assert_ne!(
+                    p.state,
+                    State::Failed,
+                    "snapshot failed: {:?}\n{}",
+                    p.error,
+                    self.log_text("reader")
+                );
                 if p.state == State::Done {
                     return p;
                 }
             }
-            assert!(Instant::now() < deadline, "snapshot not done in {timeout:?}:\n{}", tail(&self.log_text("reader")));
+            assert!(
+                Instant::now() < deadline,
+                "snapshot not done in {timeout:?}:\n{}",
+                tail(&self.log_text("reader"))
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -161,7 +206,11 @@ bind = "127.0.0.1:0"
             if out.status.success() {
                 return;
             }
-            last = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), tail(&String::from_utf8_lossy(&out.stderr)));
+            last = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                tail(&String::from_utf8_lossy(&out.stderr))
+            );
             std::thread::sleep(Duration::from_secs(2));
         }
         panic!(
@@ -175,17 +224,26 @@ bind = "127.0.0.1:0"
     async fn counts(&self) -> (i64, i64) {
         use mysql_async::prelude::Queryable;
         let mut c = self.db.conn().await;
-        let src: i64 = c.query_first("SELECT COUNT(*) FROM orders").await.unwrap().unwrap();
-        let (wh,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM \"{}\".orders WHERE NOT _cdc_deleted", self.pg.name))
-            .fetch_one(&self.pg.pool)
+        let src: i64 = c
+            .query_first("SELECT COUNT(*) FROM orders")
             .await
+            .unwrap()
             .unwrap();
+        let (wh,): (i64,) = sqlx::query_as(&format!(
+            "SELECT COUNT(*) FROM \"{}\".orders WHERE NOT _cdc_deleted",
+            self.pg.name
+        ))
+        .fetch_one(&self.pg.pool)
+        .await
+        .unwrap();
         (src, wh)
     }
 
     async fn finish(mut self) {
         for c in &mut self.children {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
         }
         for c in &mut self.children {
             let _ = c.wait();
@@ -211,16 +269,29 @@ fn consumer() -> BaseConsumer {
 
 fn high_watermarks(topic: &str) -> HashMap<i32, i64> {
     let c = consumer();
-    (0..PARTITIONS).map(|p| (p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)).collect()
+    (0..PARTITIONS)
+        .map(|p| {
+            (
+                p,
+                c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1,
+            )
+        })
+        .collect()
 }
 
 /// Reads every message of `topic` from `from[partition]` up to the current end.
-fn read_from(topic: &str, from: &HashMap<i32, i64>) -> Vec<(i32, i64, Option<String>, Option<serde_json::Value>)> {
+fn read_from(
+    topic: &str,
+    from: &HashMap<i32, i64>,
+) -> Vec<(i32, i64, Option<String>, Option<serde_json::Value>)> {
     let c = consumer();
     let end = high_watermarks(topic);
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Offset(from[&p])).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(from[&p]))
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -235,7 +306,8 @@ fn read_from(topic: &str, from: &HashMap<i32, i64>) -> Vec<(i32, i64, Option<Str
                 m.partition(),
                 m.offset(),
                 m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                m.payload().map(|v| serde_json::from_slice(v).expect("json value")),
+                m.payload()
+                    .map(|v| serde_json::from_slice(v).expect("json value")),
             ));
         }
     }
@@ -243,7 +315,10 @@ fn read_from(topic: &str, from: &HashMap<i32, i64>) -> Vec<(i32, i64, Option<Str
 }
 
 fn suite_rows() -> u64 {
-    std::env::var("CDCSYNC_SNAPSHOT_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+    std::env::var("CDCSYNC_SNAPSHOT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
 }
 
 /// The initial snapshot runs while the stream runs and a writer changes the table at a high
@@ -254,15 +329,39 @@ async fn initial_snapshot_under_concurrent_writes_converges() {
     let mut p = Pipeline::new(&mariadb(), "initial", 2_000, 4).await;
     p.prefill(rows);
     // The writer starts first so that every chunk of the snapshot overlaps changes.
-    let mut writer = p.loadgen(&["--rate", "3000", "--duration", "25s", "--connections", "4", "--seed", "7"], "writer");
+    let mut writer = p.loadgen(
+        &[
+            "--rate",
+            "3000",
+            "--duration",
+            "25s",
+            "--connections",
+            "4",
+            "--seed",
+            "7",
+        ],
+        "writer",
+    );
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     p.children.push(p.spawn("reader", "reader"));
     p.children.push(p.spawn("applier", "applier"));
     let done = p.wait_snapshot_done(Duration::from_secs(600));
-    eprintln!("snapshot of {} rows in {} chunks done after {:.1}s", done.rows, done.chunks, started.elapsed().as_secs_f64());
-    assert!(done.rows as f64 >= rows as f64 * 0.9, "the snapshot read {} of about {rows} rows", done.rows);
-    assert!(done.segments.len() > 1, "an integer key is split into segments read in parallel: {done:?}");
+    eprintln!(
+        "snapshot of {} rows in {} chunks done after {:.1}s",
+        done.rows,
+        done.chunks,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        done.rows as f64 >= rows as f64 * 0.9,
+        "the snapshot read {} of about {rows} rows",
+        done.rows
+    );
+    assert!(
+        done.segments.len() > 1,
+        "an integer key is split into segments read in parallel: {done:?}"
+    );
     let status = writer.wait().unwrap();
     assert!(status.success(), "writer failed: {}", p.log_text("writer"));
     assert!(
@@ -277,16 +376,40 @@ async fn initial_snapshot_under_concurrent_writes_converges() {
     // key space, so every key was read exactly once (no crash in this run).
     let zero: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     let all = read_from(&p.topic(), &zero);
-    let reads: Vec<&serde_json::Value> = all.iter().filter_map(|(_, _, _, v)| v.as_ref()).filter(|v| v["op"] == "r").collect();
+    let reads: Vec<&serde_json::Value> = all
+        .iter()
+        .filter_map(|(_, _, _, v)| v.as_ref())
+        .filter(|v| v["op"] == "r")
+        .collect();
     assert_eq!(reads.len() as u64, done.rows, "one event per snapshot row");
-    let keys: std::collections::HashSet<u64> = reads.iter().map(|v| v["after"]["id"].as_u64().unwrap()).collect();
+    let keys: std::collections::HashSet<u64> = reads
+        .iter()
+        .map(|v| v["after"]["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(keys.len(), reads.len(), "no key read twice");
-    assert!(reads.iter().all(|v| v["source"]["event_id"].as_str().unwrap().contains(":snap:") && v["before"].is_null()));
-    assert!(reads.iter().all(|v| v["source"]["snapshot"] == "true" || v["source"]["snapshot"] == "last"));
+    assert!(reads.iter().all(
+        |v| v["source"]["event_id"].as_str().unwrap().contains(":snap:") && v["before"].is_null()
+    ));
+    assert!(reads
+        .iter()
+        .all(|v| v["source"]["snapshot"] == "true" || v["source"]["snapshot"] == "last"));
     // "last" marks the greatest key when the final chunk is not empty (it is unknown earlier).
-    assert!(reads.iter().filter(|v| v["source"]["snapshot"] == "last").count() <= 1);
-    let streamed = all.iter().filter_map(|(_, _, _, v)| v.as_ref()).filter(|v| v["op"] != "r").count();
-    assert!(streamed > 1_000, "the writer's changes were streamed next to the snapshot ({streamed})");
+    assert!(
+        reads
+            .iter()
+            .filter(|v| v["source"]["snapshot"] == "last")
+            .count()
+            <= 1
+    );
+    let streamed = all
+        .iter()
+        .filter_map(|(_, _, _, v)| v.as_ref())
+        .filter(|v| v["op"] != "r")
+        .count();
+    assert!(
+        streamed > 1_000,
+        "the writer's changes were streamed next to the snapshot ({streamed})"
+    );
     p.finish().await;
 }
 
@@ -298,7 +421,19 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk() {
     let rows = 150_000;
     let mut p = Pipeline::new(&mariadb(), "initial", 1_000, 2).await;
     p.prefill(rows);
-    let mut writer = p.loadgen(&["--rate", "2000", "--duration", "30s", "--connections", "4", "--seed", "11"], "writer");
+    let mut writer = p.loadgen(
+        &[
+            "--rate",
+            "2000",
+            "--duration",
+            "30s",
+            "--connections",
+            "4",
+            "--seed",
+            "11",
+        ],
+        "writer",
+    );
     let mut reader = p.spawn("reader", "reader");
     p.children.push(p.spawn("applier", "applier"));
     // Wait until some chunks are durably done, then kill -9.
@@ -309,19 +444,34 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "no snapshot progress:\n{}", tail(&p.log_text("reader")));
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot progress:\n{}",
+            tail(&p.log_text("reader"))
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = Command::new("kill").args(["-KILL", &reader.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &reader.id().to_string()])
+        .status();
     let _ = reader.wait();
     let at_kill = p.progress().expect("progress after kill");
-    assert_eq!(at_kill.state, State::Running, "the kill must land mid-snapshot (make the table larger)");
+    assert_eq!(
+        at_kill.state,
+        State::Running,
+        "the kill must land mid-snapshot (make the table larger)"
+    );
     assert!(at_kill.chunks > 0 && at_kill.segments.iter().any(|s| !s.done));
     let marks = high_watermarks(&p.topic());
     std::fs::rename(p.log("reader"), p.log("reader-killed")).unwrap();
     p.children.push(p.spawn("reader", "reader"));
     let done = p.wait_snapshot_done(Duration::from_secs(600));
-    assert!(p.log_text("reader").contains("resuming after the last completed chunk"), "{}", tail(&p.log_text("reader")));
+    assert!(
+        p.log_text("reader")
+            .contains("resuming after the last completed chunk"),
+        "{}",
+        tail(&p.log_text("reader"))
+    );
     assert!(done.chunks > at_kill.chunks);
 
     // Every snapshot event produced after the restart has a key outside the ranges that were
@@ -332,7 +482,10 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk() {
             let upto = if s.done {
                 s.hi.as_ref().and_then(|v| v.as_i128()).unwrap_or(i128::MAX)
             } else {
-                s.after.as_ref().and_then(|k| k[0].as_i128()).unwrap_or(i128::MIN)
+                s.after
+                    .as_ref()
+                    .and_then(|k| k[0].as_i128())
+                    .unwrap_or(i128::MIN)
             };
             (id as i128) > lo && (id as i128) <= upto
         })
@@ -341,14 +494,34 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk() {
     let reads: Vec<u64> = after_restart
         .iter()
         .filter(|(_, _, _, v)| v.as_ref().is_some_and(|v| v["op"] == "r"))
-        .map(|(_, _, k, _)| serde_json::from_str::<serde_json::Value>(k.as_deref().unwrap()).unwrap()["id"].as_u64().unwrap())
+        .map(|(_, _, k, _)| {
+            serde_json::from_str::<serde_json::Value>(k.as_deref().unwrap()).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert!(!reads.is_empty(), "the restarted reader must have continued the snapshot");
+    assert!(
+        !reads.is_empty(),
+        "the restarted reader must have continued the snapshot"
+    );
     let reread: Vec<&u64> = reads.iter().filter(|id| completed(**id)).collect();
-    assert!(reread.is_empty(), "{} keys of completed chunks were read again, e.g. {:?}", reread.len(), &reread[..reread.len().min(5)]);
-    eprintln!("after the restart: {} snapshot rows, none from the {} chunks completed before the kill", reads.len(), at_kill.chunks);
+    assert!(
+        reread.is_empty(),
+        "{} keys of completed chunks were read again, e.g. {:?}",
+        reread.len(),
+        &reread[..reread.len().min(5)]
+    );
+    eprintln!(
+        "after the restart: {} snapshot rows, none from the {} chunks completed before the kill",
+        reads.len(),
+        at_kill.chunks
+    );
 
-    assert!(writer.wait().unwrap().success(), "writer failed: {}", p.log_text("writer"));
+    assert!(
+        writer.wait().unwrap().success(),
+        "writer failed: {}",
+        p.log_text("writer")
+    );
     p.wait_equal(Duration::from_secs(300));
     let (src, wh) = p.counts().await;
     assert_eq!(src, wh);
@@ -365,11 +538,30 @@ async fn on_demand_snapshot_while_streaming() {
     p.children.push(p.spawn("applier", "applier"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !p.log_text("reader").contains("starting binlog stream") {
-        assert!(Instant::now() < deadline, "reader did not start:\n{}", p.log_text("reader"));
+        assert!(
+            Instant::now() < deadline,
+            "reader did not start:\n{}",
+            p.log_text("reader")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(p.progress().is_none(), "mode = never takes no snapshot by itself");
-    let mut writer = p.loadgen(&["--rate", "2000", "--duration", "15s", "--connections", "4", "--seed", "3"], "writer");
+    assert!(
+        p.progress().is_none(),
+        "mode = never takes no snapshot by itself"
+    );
+    let mut writer = p.loadgen(
+        &[
+            "--rate",
+            "2000",
+            "--duration",
+            "15s",
+            "--connections",
+            "4",
+            "--seed",
+            "3",
+        ],
+        "writer",
+    );
     std::thread::sleep(Duration::from_secs(2));
     let out = Command::new(cdcsync_bin())
         .args(["snapshot", "--config"])
@@ -379,7 +571,12 @@ async fn on_demand_snapshot_while_streaming() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), tail(&p.log_text("reader")));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&p.log_text("reader"))
+    );
     assert!(stdout.contains("done"), "{stdout}");
     assert_eq!(p.progress().unwrap().trigger, "signal");
     assert!(writer.wait().unwrap().success());
@@ -395,7 +592,11 @@ async fn on_demand_snapshot_while_streaming() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not captured"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not captured"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.finish().await;
 }
 
@@ -412,12 +613,19 @@ async fn table_without_primary_key_is_refused() {
         if let Some(s) = reader.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the reader should have refused:\n{}", p.log_text("reader"));
+        assert!(
+            Instant::now() < deadline,
+            "the reader should have refused:\n{}",
+            p.log_text("reader")
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!status.success());
     let log = p.log_text("reader");
-    assert!(log.contains(&format!("{}.orders", p.db.name)) && log.contains("has no primary key"), "{log}");
+    assert!(
+        log.contains(&format!("{}.orders", p.db.name)) && log.contains("has no primary key"),
+        "{log}"
+    );
     p.children.clear();
     p.finish().await;
 }
@@ -426,7 +634,10 @@ async fn table_without_primary_key_is_refused() {
 /// reader stops with a definite error) rather than risking lost updates.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_snapshot_is_refused_with_the_reason() {
-    let Some(server) = source_servers().into_iter().find(|s| s.flavor == Flavor::Mysql) else {
+    let Some(server) = source_servers()
+        .into_iter()
+        .find(|s| s.flavor == Flavor::Mysql)
+    else {
         eprintln!("MySQL 9 is not in the stack; skipped");
         return;
     };
@@ -438,11 +649,18 @@ async fn mysql_snapshot_is_refused_with_the_reason() {
         if let Some(s) = reader.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the reader should have refused:\n{}", p.log_text("reader"));
+        assert!(
+            Instant::now() < deadline,
+            "the reader should have refused:\n{}",
+            p.log_text("reader")
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!status.success());
     let log = p.log_text("reader");
-    assert!(log.contains("snapshots of a MySQL source are not supported"), "{log}");
+    assert!(
+        log.contains("snapshots of a MySQL source are not supported"),
+        "{log}"
+    );
     p.finish().await;
 }

@@ -27,7 +27,8 @@ impl Charset {
         if id == 63 {
             return Charset::Binary;
         }
-        Self::from_name(Collation::from(CollationId::from(id)).charset()).unwrap_or(Charset::Unsupported(id))
+        Self::from_name(Collation::from(CollationId::from(id)).charset())
+            .unwrap_or(Charset::Unsupported(id))
     }
 
     /// The charset named `name` (`information_schema.COLUMNS.CHARACTER_SET_NAME`).
@@ -54,7 +55,9 @@ pub fn decode_latin1(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|&b| match b {
-            0x80..=0x9F => char::from_u32(CP1252_HIGH[(b - 0x80) as usize] as u32).unwrap_or('\u{FFFD}'),
+            0x80..=0x9F => {
+                char::from_u32(CP1252_HIGH[(b - 0x80) as usize] as u32).unwrap_or('\u{FFFD}')
+            }
             _ => b as char,
         })
         .collect()
@@ -66,11 +69,22 @@ mod tests {
 
     #[test]
     fn collations_map_to_charsets() {
-        let cases = [(45, Charset::Utf8), (255, Charset::Utf8), (33, Charset::Utf8), (8, Charset::Latin1), (47, Charset::Latin1), (63, Charset::Binary), (11, Charset::Utf8)];
+        let cases = [
+            (45, Charset::Utf8),
+            (255, Charset::Utf8),
+            (33, Charset::Utf8),
+            (8, Charset::Latin1),
+            (47, Charset::Latin1),
+            (63, Charset::Binary),
+            (11, Charset::Utf8),
+        ];
         for (id, cs) in cases {
             assert_eq!(Charset::from_collation(id), cs, "collation {id}");
         }
-        assert!(matches!(Charset::from_collation(28), Charset::Unsupported(28)), "gbk");
+        assert!(
+            matches!(Charset::from_collation(28), Charset::Unsupported(28)),
+            "gbk"
+        );
     }
 
     #[test]

@@ -121,7 +121,10 @@ impl ReaderConfig {
         for (key, v) in [
             ("reader.checkpoint_interval_ms", self.checkpoint_interval_ms),
             ("reader.heartbeat_interval_ms", self.heartbeat_interval_ms),
-            ("reader.reconnect_backoff_initial_ms", self.reconnect_backoff_initial_ms),
+            (
+                "reader.reconnect_backoff_initial_ms",
+                self.reconnect_backoff_initial_ms,
+            ),
             ("reader.shutdown_timeout_ms", self.shutdown_timeout_ms),
         ] {
             if v == 0 {
@@ -136,10 +139,16 @@ impl ReaderConfig {
             ));
         }
         if let Some(t) = &self.checkpoint_topic {
-            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
                 return Err(ConfigError::invalid(
                     "reader.checkpoint_topic",
-                    format!("{t:?} must be non-empty and use only letters, digits, '.', '_' and '-'"),
+                    format!(
+                        "{t:?} must be non-empty and use only letters, digits, '.', '_' and '-'"
+                    ),
                 ));
             }
         }
@@ -168,9 +177,15 @@ mod tests {
         type Case = (&'static str, fn(&mut ReaderConfig));
         let cases: [Case; 4] = [
             ("reader.max_inflight_bytes", |c| c.max_inflight_bytes = 10),
-            ("reader.checkpoint_interval_ms", |c| c.checkpoint_interval_ms = 0),
-            ("reader.reconnect_backoff_max_ms", |c| c.reconnect_backoff_max_ms = 1),
-            ("reader.checkpoint_topic", |c| c.checkpoint_topic = Some("a b".into())),
+            ("reader.checkpoint_interval_ms", |c| {
+                c.checkpoint_interval_ms = 0
+            }),
+            ("reader.reconnect_backoff_max_ms", |c| {
+                c.reconnect_backoff_max_ms = 1
+            }),
+            ("reader.checkpoint_topic", |c| {
+                c.checkpoint_topic = Some("a b".into())
+            }),
         ];
         for (key, f) in cases {
             let mut c = ReaderConfig::default();
@@ -186,7 +201,9 @@ mod tests {
         struct File {
             reader: ReaderConfig,
         }
-        let f: File = cdc_config::from_toml("[reader]\ntombstones = false\nzero_dates = \"string\"\n").unwrap();
+        let f: File =
+            cdc_config::from_toml("[reader]\ntombstones = false\nzero_dates = \"string\"\n")
+                .unwrap();
         assert!(!f.reader.tombstones);
         assert_eq!(f.reader.zero_dates, ZeroDates::String);
         assert!(cdc_config::from_toml::<File>("[reader]\ntombstone = false\n").is_err());

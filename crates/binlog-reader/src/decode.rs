@@ -62,15 +62,22 @@ impl Image {
 }
 
 fn err(col: &Column, problem: impl Into<String>) -> DecodeError {
-    DecodeError { column: col.name.clone(), problem: problem.into() }
+    DecodeError {
+        column: col.name.clone(),
+        problem: problem.into(),
+    }
 }
 
 fn take<'a>(buf: &mut ParseBuf<'a>, n: usize, col: &Column) -> Result<&'a [u8], DecodeError> {
-    buf.checked_eat(n).ok_or_else(|| err(col, format!("row image ends early (needed {n} bytes)")))
+    buf.checked_eat(n)
+        .ok_or_else(|| err(col, format!("row image ends early (needed {n} bytes)")))
 }
 
 fn uint_le(bytes: &[u8]) -> u64 {
-    bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64)
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | b as u64)
 }
 
 /// Decodes one row image for `present` columns (the rows event's column bitmap) into `out`.
@@ -123,10 +130,17 @@ pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T)
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
-pub(crate) fn write_text(out: &mut Vec<u8>, bytes: &[u8], charset: Charset, pad_to: Option<usize>, col: &Column) -> Result<(), DecodeError> {
+pub(crate) fn write_text(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    charset: Charset,
+    pad_to: Option<usize>,
+    col: &Column,
+) -> Result<(), DecodeError> {
     match charset {
         Charset::Utf8 => {
-            let s = std::str::from_utf8(bytes).map_err(|e| err(col, format!("invalid UTF-8: {e}")))?;
+            let s =
+                std::str::from_utf8(bytes).map_err(|e| err(col, format!("invalid UTF-8: {e}")))?;
             write_json(out, s);
         }
         Charset::Latin1 => write_json(out, &decode_latin1(bytes)),
@@ -224,17 +238,35 @@ pub(crate) fn write_zero(out: &mut Vec<u8>, zero_dates: ZeroDates, text: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn write_datetime(out: &mut Vec<u8>, y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u8, zero_dates: ZeroDates) {
+pub(crate) fn write_datetime(
+    out: &mut Vec<u8>,
+    y: u16,
+    mo: u8,
+    d: u8,
+    h: u8,
+    mi: u8,
+    s: u8,
+    us: u32,
+    fsp: u8,
+    zero_dates: ZeroDates,
+) {
     if y == 0 || mo == 0 || d == 0 {
         let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
         return write_zero(out, zero_dates, &text);
     }
-    ymdhms(out, y as u32, mo as u32, d as u32, h as u32, mi as u32, s as u32);
+    ymdhms(
+        out, y as u32, mo as u32, d as u32, h as u32, mi as u32, s as u32,
+    );
     frac(out, us, fsp);
     out.push(b'"');
 }
 
-fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+fn decode_value(
+    col: &Column,
+    buf: &mut ParseBuf<'_>,
+    zero_dates: ZeroDates,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     match &col.kind {
         Kind::Int { bytes, unsigned } => {
             let b = take(buf, *bytes as usize, col)?;
@@ -249,12 +281,20 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
         Kind::Float => {
             let b = take(buf, 4, col)?;
             let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if v.is_finite() { write_json(out, &v) } else { out.extend_from_slice(b"null") }
+            if v.is_finite() {
+                write_json(out, &v)
+            } else {
+                out.extend_from_slice(b"null")
+            }
         }
         Kind::Double => {
             let b = take(buf, 8, col)?;
             let v = f64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-            if v.is_finite() { write_json(out, &v) } else { out.extend_from_slice(b"null") }
+            if v.is_finite() {
+                write_json(out, &v)
+            } else {
+                out.extend_from_slice(b"null")
+            }
         }
         Kind::Decimal { precision, scale } => {
             let d = Decimal::read_bin(&mut *buf, *precision as usize, *scale as usize, false)
@@ -289,14 +329,27 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
             let packed = misc::my_datetime_packed_from_binary(&mut *buf, *fsp as u32)
                 .map_err(|e| err(col, format!("bad DATETIME: {e}")))?;
             match misc::datetime_from_packed(packed) {
-                MyValue::Date(y, mo, d, h, mi, s, us) => write_datetime(out, y, mo, d, h, mi, s, us, *fsp, zero_dates),
+                MyValue::Date(y, mo, d, h, mi, s, us) => {
+                    write_datetime(out, y, mo, d, h, mi, s, us, *fsp, zero_dates)
+                }
                 _ => return Err(err(col, "bad DATETIME")),
             }
         }
         Kind::DateTimeOld => {
             let v = uint_le(take(buf, 8, col)?);
             let (d, t) = (v / 1_000_000, v % 1_000_000);
-            write_datetime(out, (d / 10000) as u16, ((d % 10000) / 100) as u8, (d % 100) as u8, (t / 10000) as u8, ((t % 10000) / 100) as u8, (t % 100) as u8, 0, 0, zero_dates);
+            write_datetime(
+                out,
+                (d / 10000) as u16,
+                ((d % 10000) / 100) as u8,
+                (d % 100) as u8,
+                (t / 10000) as u8,
+                ((t % 10000) / 100) as u8,
+                (t % 100) as u8,
+                0,
+                0,
+                zero_dates,
+            );
         }
         Kind::Timestamp { fsp } => {
             let (sec, usec) = misc::my_timestamp_from_binary(&mut *buf, *fsp)
@@ -326,14 +379,24 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
             let v = (raw << 40) >> 40;
             let sign = if v < 0 { "-" } else { "" };
             let a = v.abs();
-            let _ = write!(out, "\"{sign}{:02}:{:02}:{:02}\"", a / 10000, (a % 10000) / 100, a % 100);
+            let _ = write!(
+                out,
+                "\"{sign}{:02}:{:02}:{:02}\"",
+                a / 10000,
+                (a % 10000) / 100,
+                a % 100
+            );
         }
         Kind::VarString { prefix, charset } => {
             let len = uint_le(take(buf, *prefix as usize, col)?) as usize;
             let b = take(buf, len, col)?;
             write_text(out, b, *charset, None, col)?;
         }
-        Kind::FixedString { prefix, max_bytes, charset } => {
+        Kind::FixedString {
+            prefix,
+            max_bytes,
+            charset,
+        } => {
             let len = uint_le(take(buf, *prefix as usize, col)?) as usize;
             let b = take(buf, len, col)?;
             // The server strips BINARY(n)'s trailing zero bytes in the binlog; the column's
@@ -363,8 +426,11 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
         Kind::Json { prefix } => {
             let len = uint_le(take(buf, *prefix as usize, col)?) as usize;
             let b = take(buf, len, col)?;
-            let v: jsonb::Value<'_> = ParseBuf(b).parse(()).map_err(|e| err(col, format!("bad binary JSON: {e}")))?;
-            let v = serde_json::Value::try_from(v).map_err(|e| err(col, format!("bad binary JSON: {e}")))?;
+            let v: jsonb::Value<'_> = ParseBuf(b)
+                .parse(())
+                .map_err(|e| err(col, format!("bad binary JSON: {e}")))?;
+            let v = serde_json::Value::try_from(v)
+                .map_err(|e| err(col, format!("bad binary JSON: {e}")))?;
             write_json(out, &v);
         }
         Kind::Enum { pack, labels } => {
@@ -372,7 +438,12 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
             if idx == 0 {
                 out.extend_from_slice(b"\"\"");
             } else {
-                let l = labels.get(idx - 1).ok_or_else(|| err(col, format!("ENUM index {idx} beyond {} labels", labels.len())))?;
+                let l = labels.get(idx - 1).ok_or_else(|| {
+                    err(
+                        col,
+                        format!("ENUM index {idx} beyond {} labels", labels.len()),
+                    )
+                })?;
                 write_json(out, l.as_str());
             }
         }
@@ -393,7 +464,13 @@ fn decode_value(col: &Column, buf: &mut ParseBuf<'_>, zero_dates: ZeroDates, out
     Ok(())
 }
 
-pub(crate) fn write_timestamp(out: &mut Vec<u8>, sec: i64, usec: u32, fsp: u8, zero_dates: ZeroDates) {
+pub(crate) fn write_timestamp(
+    out: &mut Vec<u8>,
+    sec: i64,
+    usec: u32,
+    fsp: u8,
+    zero_dates: ZeroDates,
+) {
     if sec == 0 && usec == 0 {
         return write_zero(out, zero_dates, "0000-00-00T00:00:00");
     }
@@ -410,7 +487,11 @@ mod tests {
     use std::sync::Arc;
 
     fn col(kind: Kind) -> Column {
-        Column { name: "c".into(), name_json: "\"c\":".into(), kind }
+        Column {
+            name: "c".into(),
+            name_json: "\"c\":".into(),
+            kind,
+        }
     }
 
     fn dec(kind: Kind, bytes: &[u8]) -> String {
@@ -422,11 +503,46 @@ mod tests {
     #[test]
     fn integers_keep_sign_and_full_unsigned_range() {
         let cases: [(Kind, &[u8], &str); 6] = [
-            (Kind::Int { bytes: 1, unsigned: false }, &[0x80], "-128"),
-            (Kind::Int { bytes: 1, unsigned: true }, &[0xff], "255"),
-            (Kind::Int { bytes: 3, unsigned: false }, &[0xff, 0xff, 0xff], "-1"),
-            (Kind::Int { bytes: 8, unsigned: true }, &[0xff; 8], "18446744073709551615"),
-            (Kind::Int { bytes: 8, unsigned: false }, &[0, 0, 0, 0, 0, 0, 0, 0x80], "-9223372036854775808"),
+            (
+                Kind::Int {
+                    bytes: 1,
+                    unsigned: false,
+                },
+                &[0x80],
+                "-128",
+            ),
+            (
+                Kind::Int {
+                    bytes: 1,
+                    unsigned: true,
+                },
+                &[0xff],
+                "255",
+            ),
+            (
+                Kind::Int {
+                    bytes: 3,
+                    unsigned: false,
+                },
+                &[0xff, 0xff, 0xff],
+                "-1",
+            ),
+            (
+                Kind::Int {
+                    bytes: 8,
+                    unsigned: true,
+                },
+                &[0xff; 8],
+                "18446744073709551615",
+            ),
+            (
+                Kind::Int {
+                    bytes: 8,
+                    unsigned: false,
+                },
+                &[0, 0, 0, 0, 0, 0, 0, 0x80],
+                "-9223372036854775808",
+            ),
             (Kind::Year, &[0], "0"),
         ];
         for (k, b, want) in cases {
@@ -442,28 +558,112 @@ mod tests {
         assert_eq!(dec(Kind::Date, &v.to_le_bytes()[..3]), "\"2026-11-28\"");
         assert_eq!(dec(Kind::Date, &[0, 0, 0]), "null");
         let mut out = Vec::new();
-        decode_value(&col(Kind::Date), &mut ParseBuf(&[0, 0, 0]), ZeroDates::String, &mut out).unwrap();
+        decode_value(
+            &col(Kind::Date),
+            &mut ParseBuf(&[0, 0, 0]),
+            ZeroDates::String,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, b"\"0000-00-00\"");
         let labels = Arc::new(vec!["a".to_string(), "b".into(), "c".into()]);
-        assert_eq!(dec(Kind::Enum { pack: 1, labels: labels.clone() }, &[2]), "\"b\"");
-        assert_eq!(dec(Kind::Enum { pack: 1, labels: labels.clone() }, &[0]), "\"\"");
+        assert_eq!(
+            dec(
+                Kind::Enum {
+                    pack: 1,
+                    labels: labels.clone()
+                },
+                &[2]
+            ),
+            "\"b\""
+        );
+        assert_eq!(
+            dec(
+                Kind::Enum {
+                    pack: 1,
+                    labels: labels.clone()
+                },
+                &[0]
+            ),
+            "\"\""
+        );
         assert_eq!(dec(Kind::Set { pack: 1, labels }, &[0b101]), "\"a,c\"");
         assert_eq!(dec(Kind::Bit { bits: 10 }, &[0x02, 0x01]), "513");
     }
 
     #[test]
     fn text_charsets_and_binary_padding() {
-        assert_eq!(dec(Kind::VarString { prefix: 1, charset: Charset::Latin1 }, b"\x04caf\xe9"), "\"café\"");
-        assert_eq!(dec(Kind::VarString { prefix: 1, charset: Charset::Utf8 }, "\x04\"é\n".as_bytes()), r#""\"é\n""#);
-        assert_eq!(dec(Kind::FixedString { prefix: 1, max_bytes: 4, charset: Charset::Binary }, b"\x02ab"), "\"YWIAAA==\"");
+        assert_eq!(
+            dec(
+                Kind::VarString {
+                    prefix: 1,
+                    charset: Charset::Latin1
+                },
+                b"\x04caf\xe9"
+            ),
+            "\"café\""
+        );
+        assert_eq!(
+            dec(
+                Kind::VarString {
+                    prefix: 1,
+                    charset: Charset::Utf8
+                },
+                "\x04\"é\n".as_bytes()
+            ),
+            r#""\"é\n""#
+        );
+        assert_eq!(
+            dec(
+                Kind::FixedString {
+                    prefix: 1,
+                    max_bytes: 4,
+                    charset: Charset::Binary
+                },
+                b"\x02ab"
+            ),
+            "\"YWIAAA==\""
+        );
         let mut out = Vec::new();
-        assert!(decode_value(&col(Kind::Blob { prefix: 1, charset: Charset::Utf8 }), &mut ParseBuf(b"\x02\xff\xfe"), ZeroDates::Null, &mut out).is_err());
-        assert!(decode_value(&col(Kind::Blob { prefix: 2, charset: Charset::Utf8 }), &mut ParseBuf(b"\x09\x00abc"), ZeroDates::Null, &mut out).is_err(), "short image is an error, not a panic");
+        assert!(decode_value(
+            &col(Kind::Blob {
+                prefix: 1,
+                charset: Charset::Utf8
+            }),
+            &mut ParseBuf(b"\x02\xff\xfe"),
+            ZeroDates::Null,
+            &mut out
+        )
+        .is_err());
+        assert!(
+            decode_value(
+                &col(Kind::Blob {
+                    prefix: 2,
+                    charset: Charset::Utf8
+                }),
+                &mut ParseBuf(b"\x09\x00abc"),
+                ZeroDates::Null,
+                &mut out
+            )
+            .is_err(),
+            "short image is an error, not a panic"
+        );
     }
 
     #[test]
     fn civil_dates_match_chrono() {
-        for days in [-719_468i64, -1, 0, 59, 365, 10_956, 11_016, 19_000, 24_855, 2_932_896] {
+        for days in [
+            -719_468i64,
+            -1,
+            0,
+            59,
+            365,
+            10_956,
+            11_016,
+            19_000,
+            24_855,
+            2_932_896,
+        ] {
             let t = chrono::DateTime::from_timestamp(days * 86_400, 0).unwrap();
             let want = t.format("%Y-%m-%d").to_string();
             let (y, m, d) = civil_from_days(days);
@@ -481,7 +681,10 @@ mod tests {
         // 1700000000 = 2023-11-14T22:13:20Z; TIMESTAMP2 is big-endian seconds, then fraction.
         let mut b = 1_700_000_000u32.to_be_bytes().to_vec();
         b.extend_from_slice(&[0x01, 0xe2, 0x40]); // 123456 µs, fsp 6 (3 bytes big-endian)
-        assert_eq!(dec(Kind::Timestamp { fsp: 6 }, &b), "\"2023-11-14T22:13:20.123456Z\"");
+        assert_eq!(
+            dec(Kind::Timestamp { fsp: 6 }, &b),
+            "\"2023-11-14T22:13:20.123456Z\""
+        );
         assert_eq!(dec(Kind::Timestamp { fsp: 0 }, &[0, 0, 0, 0]), "null");
     }
 }

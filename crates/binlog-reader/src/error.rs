@@ -71,13 +71,17 @@ impl ReaderError {
     /// The `kind` label of `cdcsync_reader_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ReaderError::Config(_) | ReaderError::SourceSetting(_) | ReaderError::KafkaFatal(_) => "config",
+            ReaderError::Config(_) | ReaderError::SourceSetting(_) | ReaderError::KafkaFatal(_) => {
+                "config"
+            }
             ReaderError::Purged { .. } => "purged",
             ReaderError::GtidUnknown { .. } => "gtid_unknown",
             ReaderError::ServerId { .. } => "server_id",
             ReaderError::Auth { .. } => "auth",
             ReaderError::UnsupportedEvent { .. } => "unsupported_event",
-            ReaderError::Source(_) | ReaderError::Kafka(_) | ReaderError::Shutdown(_) => "transient",
+            ReaderError::Source(_) | ReaderError::Kafka(_) | ReaderError::Shutdown(_) => {
+                "transient"
+            }
         }
     }
 
@@ -102,15 +106,27 @@ pub(crate) fn classify_server_error(code: u16, message: &str) -> ReaderError {
         },
         // MariaDB ER_SLAVE_SAME_ID: another replica registered with our server_id and the
         // server dropped this connection in its favour.
-        4052 => ReaderError::ServerId { detail: format!("error {code}: {message}") },
+        4052 => ReaderError::ServerId {
+            detail: format!("error {code}: {message}"),
+        },
         // ER_MASTER_FATAL_ERROR_READING_BINLOG: the message tells which case it is.
         1236 => {
-            if m.contains("purged") || m.contains("could not find first log file") || m.contains("could not find gtid state") {
-                ReaderError::Purged { detail: format!("error {code}: {message}") }
-            } else if m.contains("same server") || (m.contains("equal") && m.contains("server id")) {
-                ReaderError::ServerId { detail: format!("error {code}: {message}") }
+            if m.contains("purged")
+                || m.contains("could not find first log file")
+                || m.contains("could not find gtid state")
+            {
+                ReaderError::Purged {
+                    detail: format!("error {code}: {message}"),
+                }
+            } else if m.contains("same server") || (m.contains("equal") && m.contains("server id"))
+            {
+                ReaderError::ServerId {
+                    detail: format!("error {code}: {message}"),
+                }
             } else if m.contains("gtid") {
-                ReaderError::GtidUnknown { detail: format!("error {code}: {message}") }
+                ReaderError::GtidUnknown {
+                    detail: format!("error {code}: {message}"),
+                }
             } else {
                 ReaderError::Source(format!("error {code}: {message}"))
             }

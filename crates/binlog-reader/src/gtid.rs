@@ -22,7 +22,10 @@ pub struct GtidParseError {
 }
 
 fn perr(text: &str, problem: &'static str) -> GtidParseError {
-    GtidParseError { text: text.to_string(), problem }
+    GtidParseError {
+        text: text.to_string(),
+        problem,
+    }
 }
 
 /// A MariaDB GTID list: per replication domain, the last GTID (server id and sequence number).
@@ -37,7 +40,8 @@ impl MariadbGtidList {
         let mut domains = BTreeMap::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let mut it = part.split('-');
-            let (Some(d), Some(s), Some(n), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            let (Some(d), Some(s), Some(n), None) = (it.next(), it.next(), it.next(), it.next())
+            else {
                 return Err(perr(text, "expected domain-server-seq"));
             };
             let d = d.parse().map_err(|_| perr(text, "bad domain id"))?;
@@ -146,7 +150,10 @@ impl MysqlGtidSet {
     }
 
     fn add_interval(&mut self, uuid: &str, tag: &str, start: u64, end: u64) {
-        let ivs = self.sids.entry((uuid.to_string(), tag.to_string())).or_default();
+        let ivs = self
+            .sids
+            .entry((uuid.to_string(), tag.to_string()))
+            .or_default();
         ivs.push((start, end));
         ivs.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ivs.len());
@@ -183,9 +190,8 @@ impl MysqlGtidSet {
         self.sids
             .iter()
             .filter_map(|((uuid, tag), ivs)| {
-                let mut sid = Sid::new(parse_uuid(uuid)?).with_intervals(
-                    ivs.iter().map(|&(s, e)| GnoInterval::new(s, e)).collect(),
-                );
+                let mut sid = Sid::new(parse_uuid(uuid)?)
+                    .with_intervals(ivs.iter().map(|&(s, e)| GnoInterval::new(s, e)).collect());
                 if !tag.is_empty() {
                     sid = sid.with_tag(Tag::new(tag.clone()).ok()?);
                 }
@@ -297,16 +303,27 @@ mod tests {
     fn positions_are_checked_against_the_binlog_state() {
         let state = MariadbGtidList::parse_state("0-1-100,0-2-50,3-1-7").unwrap();
         assert_eq!(state.to_string(), "0-1-100,3-1-7");
-        assert!(state.missing_from(&MariadbGtidList::parse("0-1-99,3-1-7").unwrap()).is_none());
-        assert!(state.missing_from(&MariadbGtidList::parse("0-2-40").unwrap()).is_none());
-        assert!(state.missing_from(&MariadbGtidList::parse("0-1-1,4242-4242-99").unwrap()).unwrap().contains("domain 4242"));
-        assert!(state.missing_from(&MariadbGtidList::parse("0-1-101").unwrap()).unwrap().contains("beyond"));
+        assert!(state
+            .missing_from(&MariadbGtidList::parse("0-1-99,3-1-7").unwrap())
+            .is_none());
+        assert!(state
+            .missing_from(&MariadbGtidList::parse("0-2-40").unwrap())
+            .is_none());
+        assert!(state
+            .missing_from(&MariadbGtidList::parse("0-1-1,4242-4242-99").unwrap())
+            .unwrap()
+            .contains("domain 4242"));
+        assert!(state
+            .missing_from(&MariadbGtidList::parse("0-1-101").unwrap())
+            .unwrap()
+            .contains("beyond"));
     }
 
     #[test]
     fn mysql_sets_parse_merge_and_print_like_the_server() {
         let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
-        let mut s = MysqlGtidSet::parse(&format!("{}:1-5:7, {u}:tag_a:1-3", u.to_uppercase())).unwrap();
+        let mut s =
+            MysqlGtidSet::parse(&format!("{}:1-5:7, {u}:tag_a:1-3", u.to_uppercase())).unwrap();
         assert_eq!(s.to_string(), format!("{u}:1-5:7:tag_a:1-3"));
         s.add(u, "", 6);
         assert_eq!(s.to_string(), format!("{u}:1-7:tag_a:1-3"));
@@ -316,7 +333,11 @@ mod tests {
         let sids = s.to_sids();
         assert_eq!(sids.len(), 2);
         assert_eq!(sids[0].intervals().len(), 2);
-        assert_eq!(sids[0].intervals()[0].end(), 8, "intervals are end-exclusive on the wire");
+        assert_eq!(
+            sids[0].intervals()[0].end(),
+            8,
+            "intervals are end-exclusive on the wire"
+        );
         assert!(MysqlGtidSet::parse("nope:1-2").is_err());
         assert!(MysqlGtidSet::parse(&format!("{u}:5-2")).is_err());
     }

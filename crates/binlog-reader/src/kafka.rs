@@ -103,9 +103,16 @@ impl ProducerContext for Ctx {
                         tx.failed.store(true, Ordering::Release);
                         let fatal = matches!(
                             e.rdkafka_error_code(),
-                            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord)
+                            Some(
+                                RDKafkaErrorCode::MessageSizeTooLarge
+                                    | RDKafkaErrorCode::InvalidRecord
+                            )
                         );
-                        let mut g = self.inflight.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut g = self
+                            .inflight
+                            .first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
                         g.get_or_insert((text, fatal));
                     }
                 }
@@ -148,7 +155,11 @@ fn kerr(e: KafkaError) -> ReaderError {
 
 impl Sink {
     /// Creates the producer (no network I/O yet).
-    pub fn new(kafka: &KafkaConfig, reader: &ReaderConfig, checkpoint_topic: String) -> Result<Self, ReaderError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        reader: &ReaderConfig,
+        checkpoint_topic: String,
+    ) -> Result<Self, ReaderError> {
         let inflight = Arc::new(Inflight::default());
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -163,14 +174,23 @@ impl Sink {
             .set("queue.buffering.max.messages", "1000000")
             .set(
                 "queue.buffering.max.kbytes",
-                ((reader.max_inflight_bytes + 2 * reader.max_message_bytes as u64) / 1024 + 1024).min(2_097_151).to_string(),
+                ((reader.max_inflight_bytes + 2 * reader.max_message_bytes as u64) / 1024 + 1024)
+                    .min(2_097_151)
+                    .to_string(),
             );
         for (k, v) in &kafka.properties {
             c.set(k, v);
         }
         let producer = c
-            .create_with_context(Ctx { inflight: inflight.clone() })
-            .map_err(|e| ReaderError::Config(cdc_config::ConfigError::invalid("kafka.properties", e.to_string())))?;
+            .create_with_context(Ctx {
+                inflight: inflight.clone(),
+            })
+            .map_err(|e| {
+                ReaderError::Config(cdc_config::ConfigError::invalid(
+                    "kafka.properties",
+                    e.to_string(),
+                ))
+            })?;
         Ok(Sink {
             producer,
             inflight,
@@ -191,9 +211,15 @@ impl Sink {
             .iter()
             .map(|t| {
                 if *t == self.checkpoint_topic {
-                    NewTopic::new(t, 1, TopicReplication::Fixed(self.replication)).set("cleanup.policy", "compact")
+                    NewTopic::new(t, 1, TopicReplication::Fixed(self.replication))
+                        .set("cleanup.policy", "compact")
                 } else {
-                    NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication)).set("max.message.bytes", &mmb)
+                    NewTopic::new(
+                        t,
+                        self.partitions,
+                        TopicReplication::Fixed(self.replication),
+                    )
+                    .set("max.message.bytes", &mmb)
                 }
             })
             .collect();
@@ -202,7 +228,9 @@ impl Sink {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, code)) => {
-                    return Err(ReaderError::Kafka(format!("cannot create topic {t}: {code}")));
+                    return Err(ReaderError::Kafka(format!(
+                        "cannot create topic {t}: {code}"
+                    )));
                 }
             }
         }
@@ -226,7 +254,11 @@ impl Sink {
 
     /// Fails if any delivery failed since the session began.
     pub fn check_errors(&self) -> Result<(), ReaderError> {
-        let g = self.inflight.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self
+            .inflight
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match &*g {
             None => Ok(()),
             Some((e, true)) => Err(ReaderError::KafkaFatal(e.clone())),
@@ -236,7 +268,11 @@ impl Sink {
 
     /// Clears a recorded delivery error (a new session starts from the saved checkpoint).
     pub fn reset_errors(&self) {
-        *self.inflight.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .inflight
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Hands one message to librdkafka, counted against `tx`.
@@ -260,15 +296,29 @@ impl Sink {
         tx.sent.fetch_add(1, Ordering::AcqRel);
         let now = self.inflight.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         metrics::INFLIGHT_BYTES.set(now as i64);
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Opaque::Row { tx: tx.clone(), bytes, counter })).key(key);
+        let mut record = BaseRecord::with_opaque_to(
+            topic,
+            Box::new(Opaque::Row {
+                tx: tx.clone(),
+                bytes,
+                counter,
+            }),
+        )
+        .key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
         if let Some((id, version)) = headers {
             record = record.headers(
                 OwnedHeaders::new_with_capacity(2)
-                    .insert(Header { key: "cdc_event_id", value: Some(id) })
-                    .insert(Header { key: "cdc_version", value: Some(version) }),
+                    .insert(Header {
+                        key: "cdc_event_id",
+                        value: Some(id),
+                    })
+                    .insert(Header {
+                        key: "cdc_version",
+                        value: Some(version),
+                    }),
             );
         }
         loop {
@@ -283,9 +333,14 @@ impl Sink {
                     drop(r);
                     tx.pending.fetch_sub(1, Ordering::AcqRel);
                     self.inflight.bytes.fetch_sub(bytes, Ordering::AcqRel);
-                    metrics::ProduceFailed { error: &e.to_string() }.emit();
+                    metrics::ProduceFailed {
+                        error: &e.to_string(),
+                    }
+                    .emit();
                     return Err(match e {
-                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => ReaderError::KafkaFatal(e.to_string()),
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                            ReaderError::KafkaFatal(e.to_string())
+                        }
                         _ => kerr(e),
                     });
                 }
@@ -309,12 +364,17 @@ impl Sink {
     }
 
     /// Saves a checkpoint and waits for Kafka's acknowledgement.
-    pub async fn save_checkpoint(&self, source_name: &str, cp: &Checkpoint) -> Result<(), ReaderError> {
+    pub async fn save_checkpoint(
+        &self,
+        source_name: &str,
+        cp: &Checkpoint,
+    ) -> Result<(), ReaderError> {
         let value = serde_json::to_vec(cp).map_err(|e| ReaderError::Kafka(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        let record = BaseRecord::with_opaque_to(&self.checkpoint_topic, Box::new(Opaque::Checkpoint(tx)))
-            .key(source_name)
-            .payload(&value);
+        let record =
+            BaseRecord::with_opaque_to(&self.checkpoint_topic, Box::new(Opaque::Checkpoint(tx)))
+                .key(source_name)
+                .payload(&value);
         self.producer.send(record).map_err(|(e, _)| kerr(e))?;
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(Ok(()))) => {
@@ -330,7 +390,9 @@ impl Sink {
     /// acknowledgement; the snapshot keeps its per-table progress there (`snapshot::progress`).
     pub async fn save_record(&self, key: &str, value: Option<&[u8]>) -> Result<(), ReaderError> {
         let (tx, rx) = oneshot::channel();
-        let mut record = BaseRecord::with_opaque_to(&self.checkpoint_topic, Box::new(Opaque::Checkpoint(tx))).key(key);
+        let mut record =
+            BaseRecord::with_opaque_to(&self.checkpoint_topic, Box::new(Opaque::Checkpoint(tx)))
+                .key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
@@ -343,7 +405,10 @@ impl Sink {
     }
 
     /// Reads the latest checkpoint of `source_name` from the checkpoint topic.
-    pub async fn load_checkpoint(&self, source_name: &str) -> Result<Option<Checkpoint>, ReaderError> {
+    pub async fn load_checkpoint(
+        &self,
+        source_name: &str,
+    ) -> Result<Option<Checkpoint>, ReaderError> {
         let base = self.base.clone();
         let topic = self.checkpoint_topic.clone();
         let name = source_name.to_string();
@@ -358,34 +423,48 @@ impl Sink {
     }
 }
 
-fn load_checkpoint_blocking(mut base: ClientConfig, topic: &str, name: &str) -> Result<Option<Checkpoint>, ReaderError> {
+fn load_checkpoint_blocking(
+    mut base: ClientConfig,
+    topic: &str,
+    name: &str,
+) -> Result<Option<Checkpoint>, ReaderError> {
     let consumer: BaseConsumer = base
         .set("group.id", format!("cdcsync-checkpoint-reader-{name}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(kerr)?;
-    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(15)).map_err(kerr)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(15))
+        .map_err(kerr)?;
     if high <= low {
         return Ok(None);
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(low)).map_err(kerr)?;
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+        .map_err(kerr)?;
     consumer.assign(&tpl).map_err(kerr)?;
     let mut latest: Option<Checkpoint> = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if std::time::Instant::now() > deadline {
-            return Err(ReaderError::Kafka(format!("reading checkpoint topic {topic} timed out")));
+            return Err(ReaderError::Kafka(format!(
+                "reading checkpoint topic {topic} timed out"
+            )));
         }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let m = m.map_err(kerr)?;
         if m.key() == Some(name.as_bytes()) {
             latest = match m.payload() {
                 // A tombstone resets the checkpoint (e.g. after a re-snapshot).
                 None => None,
                 Some(p) => Some(serde_json::from_slice(p).map_err(|e| {
-                    ReaderError::Kafka(format!("checkpoint at {topic}@{} is not valid: {e}", m.offset()))
+                    ReaderError::Kafka(format!(
+                        "checkpoint at {topic}@{} is not valid: {e}",
+                        m.offset()
+                    ))
                 })?),
             };
         }
@@ -423,7 +502,9 @@ impl AckQueue {
     pub fn advance(&mut self) -> Result<Option<&Checkpoint>, ReaderError> {
         while let Some((tx, _)) = self.queue.front() {
             if tx.failed.load(Ordering::Acquire) {
-                return Err(ReaderError::Kafka("a message of a pending transaction failed delivery".into()));
+                return Err(ReaderError::Kafka(
+                    "a message of a pending transaction failed delivery".into(),
+                ));
             }
             if !tx.is_done() {
                 break;
@@ -456,7 +537,10 @@ mod tests {
             flavor: Flavor::Mariadb,
             server_id: 1,
             gtid_set: format!("0-1-{pos}"),
-            position: BinlogPosition { file: "mysql-bin.000001".into(), pos },
+            position: BinlogPosition {
+                file: "mysql-bin.000001".into(),
+                pos,
+            },
             ts_ms: 0,
         }
     }

@@ -59,7 +59,8 @@ async fn run_inner(
     let sink = std::sync::Arc::new(kafka::Sink::new(kafka, reader, checkpoint_topic.clone())?);
     // Before the first session: on a first start, the initial snapshot is recorded before the
     // stream saves its start position (see `snapshot/mod.rs`).
-    let snapshots = snapshot::Snapshots::start(source, kafka, reader, sink.clone(), shutdown.clone()).await?;
+    let snapshots =
+        snapshot::Snapshots::start(source, kafka, reader, sink.clone(), shutdown.clone()).await?;
     let r = stream::Reader {
         source,
         cfg: reader,
@@ -75,7 +76,8 @@ async fn run_inner(
             return Ok(());
         }
         let attempt = async {
-            sink.ensure_topics(std::slice::from_ref(&checkpoint_topic)).await?;
+            sink.ensure_topics(std::slice::from_ref(&checkpoint_topic))
+                .await?;
             stream::session(&r).await
         };
         let started = tokio::time::Instant::now();

@@ -4,13 +4,14 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_int_counter, register_int_counter_vec, register_int_gauge, register_gauge,
-    Gauge, IntCounter, IntCounterVec, IntGauge,
+    register_gauge, register_int_counter, register_int_counter_vec, register_int_gauge, Gauge,
+    IntCounter, IntCounterVec, IntGauge,
 };
 
 macro_rules! lazy {
     ($name:ident: $ty:ty = $init:expr) => {
-        pub(crate) static $name: LazyLock<$ty> = LazyLock::new(|| $init.expect("metric registers once"));
+        pub(crate) static $name: LazyLock<$ty> =
+            LazyLock::new(|| $init.expect("metric registers once"));
     };
 }
 
@@ -43,7 +44,15 @@ pub(crate) fn register() {
     LazyLock::force(&INFLIGHT_TX);
     LazyLock::force(&INFLIGHT_BYTES);
     LazyLock::force(&PRODUCE_ERRORS);
-    for kind in ["purged", "gtid_unknown", "server_id", "auth", "config", "unsupported_event", "transient"] {
+    for kind in [
+        "purged",
+        "gtid_unknown",
+        "server_id",
+        "auth",
+        "config",
+        "unsupported_event",
+        "transient",
+    ] {
         ERRORS.with_label_values(&[kind]);
     }
     // `cdcsync_build_info` may already be registered by the binary; then the register call
@@ -53,7 +62,8 @@ pub(crate) fn register() {
         &["version", "component"],
     ) {
         if prometheus::register(Box::new(g.clone())).is_ok() {
-            g.with_label_values(&[env!("CARGO_PKG_VERSION"), "reader"]).set(1);
+            g.with_label_values(&[env!("CARGO_PKG_VERSION"), "reader"])
+                .set(1);
         }
     }
 }

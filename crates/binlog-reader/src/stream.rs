@@ -19,12 +19,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cdc_config::SourceConfig;
-use cdc_event::{topic_name, BinlogPosition, Checkpoint, Flavor, TableId, Version, CONNECTOR_VERSION};
+use cdc_event::{
+    topic_name, BinlogPosition, Checkpoint, Flavor, TableId, Version, CONNECTOR_VERSION,
+};
 use cdc_telemetry::{Health, Shutdown};
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
-use mysql_common::binlog::events::{Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent};
+use mysql_common::binlog::events::{
+    Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
+};
 use mysql_common::io::ParseBuf;
 use prometheus::IntCounter;
 
@@ -115,7 +119,11 @@ enum GtidOfTx {
 impl GtidOfTx {
     fn text(&self) -> String {
         match self {
-            GtidOfTx::Mariadb { domain, server, seq } => format!("{domain}-{server}-{seq}"),
+            GtidOfTx::Mariadb {
+                domain,
+                server,
+                seq,
+            } => format!("{domain}-{server}-{seq}"),
             GtidOfTx::Mysql { uuid, tag, gno } if tag.is_empty() => format!("{uuid}:{gno}"),
             GtidOfTx::Mysql { uuid, tag, gno } => format!("{uuid}:{tag}:{gno}"),
         }
@@ -123,13 +131,20 @@ impl GtidOfTx {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn connect_opts(source: &SourceConfig) -> Result<mysql_async::Opts, ReaderError> {
     let url = source.connection_url()?;
-    let opts = mysql_async::Opts::from_url(&url)
-        .map_err(|e| ReaderError::Config(cdc_config::ConfigError::invalid("source.url", e.to_string())))?;
+    let opts = mysql_async::Opts::from_url(&url).map_err(|e| {
+        ReaderError::Config(cdc_config::ConfigError::invalid(
+            "source.url",
+            e.to_string(),
+        ))
+    })?;
     Ok(mysql_async::OptsBuilder::from_opts(opts)
         .prefer_socket(false)
         .conn_ttl(None::<Duration>)
@@ -137,20 +152,30 @@ fn connect_opts(source: &SourceConfig) -> Result<mysql_async::Opts, ReaderError>
 }
 
 async fn connect(opts: &mysql_async::Opts) -> Result<Conn, ReaderError> {
-    Conn::new(opts.clone()).await.map_err(ReaderError::from_mysql)
+    Conn::new(opts.clone())
+        .await
+        .map_err(ReaderError::from_mysql)
 }
 
 /// The source's current binlog file and position.
 async fn master_status(conn: &mut Conn, flavor: Flavor) -> Result<(String, u64), ReaderError> {
     let row: Option<mysql_async::Row> = match flavor {
-        Flavor::Mariadb => conn.query_first("SHOW MASTER STATUS").await.map_err(ReaderError::from_mysql)?,
+        Flavor::Mariadb => conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(ReaderError::from_mysql)?,
         Flavor::Mysql => match conn.query_first("SHOW BINARY LOG STATUS").await {
             Ok(r) => r,
             // Before 8.2 the statement is SHOW MASTER STATUS.
-            Err(_) => conn.query_first("SHOW MASTER STATUS").await.map_err(ReaderError::from_mysql)?,
+            Err(_) => conn
+                .query_first("SHOW MASTER STATUS")
+                .await
+                .map_err(ReaderError::from_mysql)?,
         },
     };
-    let row = row.ok_or_else(|| ReaderError::SourceSetting("the source has no binary log (log_bin is OFF)".into()))?;
+    let row = row.ok_or_else(|| {
+        ReaderError::SourceSetting("the source has no binary log (log_bin is OFF)".into())
+    })?;
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(4);
     Ok((file, pos))
@@ -162,30 +187,52 @@ struct Start {
     position: BinlogPosition,
 }
 
-async fn start_position(conn: &mut Conn, flavor: Flavor, saved: Option<&Checkpoint>, cfg: &ReaderConfig) -> Result<Start, ReaderError> {
+async fn start_position(
+    conn: &mut Conn,
+    flavor: Flavor,
+    saved: Option<&Checkpoint>,
+    cfg: &ReaderConfig,
+) -> Result<Start, ReaderError> {
     let parse = |flavor: Flavor, text: &str| -> Result<GtidPosition, ReaderError> {
         match flavor {
             Flavor::Mariadb => MariadbGtidList::parse(text).map(GtidPosition::Mariadb),
             Flavor::Mysql => MysqlGtidSet::parse(text).map(GtidPosition::Mysql),
         }
-        .map_err(|e| ReaderError::GtidUnknown { detail: e.to_string() })
+        .map_err(|e| ReaderError::GtidUnknown {
+            detail: e.to_string(),
+        })
     };
     if let Some(cp) = saved {
         if cp.flavor != flavor {
             return Err(ReaderError::GtidUnknown {
-                detail: format!("the checkpoint was taken on a {} server but the source is {}", cp.flavor.connector(), flavor.connector()),
+                detail: format!(
+                    "the checkpoint was taken on a {} server but the source is {}",
+                    cp.flavor.connector(),
+                    flavor.connector()
+                ),
             });
         }
-        return Ok(Start { gtid: parse(flavor, &cp.gtid_set)?, position: cp.position.clone() });
+        return Ok(Start {
+            gtid: parse(flavor, &cp.gtid_set)?,
+            position: cp.position.clone(),
+        });
     }
     match cfg.start_from {
         StartFrom::Current => {
             let gtid_text: Option<String> = match flavor {
-                Flavor::Mariadb => conn.query_first("SELECT @@GLOBAL.gtid_binlog_pos").await.map_err(ReaderError::from_mysql)?,
+                Flavor::Mariadb => conn
+                    .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+                    .await
+                    .map_err(ReaderError::from_mysql)?,
                 Flavor::Mysql => {
-                    let mode: Option<String> = conn.query_first("SELECT @@GLOBAL.gtid_mode").await.map_err(ReaderError::from_mysql)?;
+                    let mode: Option<String> = conn
+                        .query_first("SELECT @@GLOBAL.gtid_mode")
+                        .await
+                        .map_err(ReaderError::from_mysql)?;
                     if mode.as_deref() == Some("ON") {
-                        conn.query_first("SELECT @@GLOBAL.gtid_executed").await.map_err(ReaderError::from_mysql)?
+                        conn.query_first("SELECT @@GLOBAL.gtid_executed")
+                            .await
+                            .map_err(ReaderError::from_mysql)?
                     } else {
                         None
                     }
@@ -193,13 +240,25 @@ async fn start_position(conn: &mut Conn, flavor: Flavor, saved: Option<&Checkpoi
             };
             let (file, pos) = master_status(conn, flavor).await?;
             Ok(Start {
-                gtid: parse(flavor, gtid_text.as_deref().unwrap_or("").replace('\n', "").as_str())?,
+                gtid: parse(
+                    flavor,
+                    gtid_text
+                        .as_deref()
+                        .unwrap_or("")
+                        .replace('\n', "")
+                        .as_str(),
+                )?,
                 position: BinlogPosition { file, pos },
             })
         }
         StartFrom::Earliest => {
-            let first: Option<String> = conn.query_first("SHOW BINARY LOGS").await.map_err(ReaderError::from_mysql)?;
-            let file = first.ok_or_else(|| ReaderError::SourceSetting("the source has no binary logs".into()))?;
+            let first: Option<String> = conn
+                .query_first("SHOW BINARY LOGS")
+                .await
+                .map_err(ReaderError::from_mysql)?;
+            let file = first.ok_or_else(|| {
+                ReaderError::SourceSetting("the source has no binary logs".into())
+            })?;
             Ok(Start {
                 gtid: parse(flavor, "")?,
                 position: BinlogPosition { file, pos: 4 },
@@ -209,7 +268,11 @@ async fn start_position(conn: &mut Conn, flavor: Flavor, saved: Option<&Checkpoi
 }
 
 /// Reads `information_schema` facts about one table.
-async fn info_schema(conn: &mut Conn, flavor: Flavor, t: &TableId) -> Result<InfoSchemaTable, ReaderError> {
+async fn info_schema(
+    conn: &mut Conn,
+    flavor: Flavor,
+    t: &TableId,
+) -> Result<InfoSchemaTable, ReaderError> {
     let columns: Vec<(String, String, Option<String>)> = conn
         .exec(
             "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
@@ -243,7 +306,11 @@ async fn info_schema(conn: &mut Conn, flavor: Flavor, t: &TableId) -> Result<Inf
             }
         }
     }
-    Ok(InfoSchemaTable { columns, primary_key, json_columns })
+    Ok(InfoSchemaTable {
+        columns,
+        primary_key,
+        json_columns,
+    })
 }
 
 /// Polls the source's own position for `cdcsync_source_binlog_*` every 10 s.
@@ -309,12 +376,26 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
     // apart (definite vs transient) before the preflight runs.
     let mut meta = connect(&opts).await?;
     let checks = check_source(r.source).await;
-    let flavor = checks.flavor.ok_or_else(|| ReaderError::Source("preflight could not connect".into()))?;
+    let flavor = checks
+        .flavor
+        .ok_or_else(|| ReaderError::Source("preflight could not connect".into()))?;
     if checks.failed() {
-        let failed: Vec<String> = checks.reports.iter().filter(|c| c.is_failure()).map(|c| c.to_string()).collect();
-        let server_id_clash = checks.reports.iter().any(|c| c.is_failure() && c.name == "server_id");
+        let failed: Vec<String> = checks
+            .reports
+            .iter()
+            .filter(|c| c.is_failure())
+            .map(|c| c.to_string())
+            .collect();
+        let server_id_clash = checks
+            .reports
+            .iter()
+            .any(|c| c.is_failure() && c.name == "server_id");
         let text = failed.join("; ");
-        return Err(if server_id_clash { ReaderError::ServerId { detail: text } } else { ReaderError::SourceSetting(text) });
+        return Err(if server_id_clash {
+            ReaderError::ServerId { detail: text }
+        } else {
+            ReaderError::SourceSetting(text)
+        });
     }
     let source_server_id: u32 = meta
         .query_first::<u32, _>("SELECT @@GLOBAL.server_id")
@@ -333,7 +414,9 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
         let server = MariadbGtidList::parse_state(state.as_deref().unwrap_or(""))
             .map_err(|e| ReaderError::Source(e.to_string()))?;
         if let Some(problem) = server.missing_from(list) {
-            return Err(ReaderError::GtidUnknown { detail: format!("checkpoint {list}: {problem}") });
+            return Err(ReaderError::GtidUnknown {
+                detail: format!("checkpoint {list}: {problem}"),
+            });
         }
     }
     if saved.is_none() {
@@ -368,16 +451,27 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
     let mut request = BinlogStreamRequest::new(r.source.server_id);
     match (&start.gtid, flavor) {
         (GtidPosition::Mariadb(list), _) => {
-            bconn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(ReaderError::from_mysql)?;
+            bconn
+                .query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(ReaderError::from_mysql)?;
             if use_gtid {
                 bconn
                     .exec_drop("SET @slave_connect_state = ?", (list.to_string(),))
                     .await
                     .map_err(ReaderError::from_mysql)?;
-                bconn.query_drop("SET @slave_gtid_strict_mode = 0").await.map_err(ReaderError::from_mysql)?;
-                bconn.query_drop("SET @slave_gtid_ignore_duplicates = 0").await.map_err(ReaderError::from_mysql)?;
+                bconn
+                    .query_drop("SET @slave_gtid_strict_mode = 0")
+                    .await
+                    .map_err(ReaderError::from_mysql)?;
+                bconn
+                    .query_drop("SET @slave_gtid_ignore_duplicates = 0")
+                    .await
+                    .map_err(ReaderError::from_mysql)?;
             } else {
-                request = request.with_filename(start.position.file.as_bytes()).with_pos(start.position.pos);
+                request = request
+                    .with_filename(start.position.file.as_bytes())
+                    .with_pos(start.position.pos);
             }
         }
         (GtidPosition::Mysql(set), _) => {
@@ -385,11 +479,16 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
                 sids = set.to_sids();
                 request = request.with_gtid().with_gtid_set(sids.iter().cloned());
             } else {
-                request = request.with_filename(start.position.file.as_bytes()).with_pos(start.position.pos);
+                request = request
+                    .with_filename(start.position.file.as_bytes())
+                    .with_pos(start.position.pos);
             }
         }
     }
-    let mut stream = bconn.get_binlog_stream(request).await.map_err(ReaderError::from_mysql)?;
+    let mut stream = bconn
+        .get_binlog_stream(request)
+        .await
+        .map_err(ReaderError::from_mysql)?;
     let _poller = AbortOnDrop(spawn_source_poller(opts.clone(), flavor));
 
     let mut st = State {
@@ -436,8 +535,16 @@ pub(crate) async fn session(r: &Reader<'_>) -> Result<(), ReaderError> {
             ev = tokio::time::timeout(idle_limit, stream.next()) => ev,
         };
         let ev = match next {
-            Err(_) => return Err(ReaderError::Source(format!("no event or heartbeat from the source for {idle_limit:?}"))),
-            Ok(None) => return Err(ReaderError::Source("the source closed the binlog stream".into())),
+            Err(_) => {
+                return Err(ReaderError::Source(format!(
+                    "no event or heartbeat from the source for {idle_limit:?}"
+                )))
+            }
+            Ok(None) => {
+                return Err(ReaderError::Source(
+                    "the source closed the binlog stream".into(),
+                ))
+            }
             Ok(Some(Err(e))) => return Err(ReaderError::from_mysql(e)),
             Ok(Some(Ok(ev))) => ev,
         };
@@ -478,8 +585,18 @@ struct State<'r, 'a> {
 }
 
 impl State<'_, '_> {
-    fn unsupported(&self, pos: u64, detail: impl Into<String>, fix: impl Into<String>) -> ReaderError {
-        ReaderError::UnsupportedEvent { file: self.file.clone(), pos, detail: detail.into(), fix: fix.into() }
+    fn unsupported(
+        &self,
+        pos: u64,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ReaderError {
+        ReaderError::UnsupportedEvent {
+            file: self.file.clone(),
+            pos,
+            detail: detail.into(),
+            fix: fix.into(),
+        }
     }
 
     async fn handle(&mut self, ev: &Event) -> Result<(), ReaderError> {
@@ -502,35 +619,72 @@ impl State<'_, '_> {
             }
         }
         let inner = self.payload.is_some() && ty != TRANSACTION_PAYLOAD;
-        let start = if inner { self.payload.as_ref().map_or(0, |p| p.pos) } else { end.saturating_sub(size) };
+        let start = if inner {
+            self.payload.as_ref().map_or(0, |p| p.pos)
+        } else {
+            end.saturating_sub(size)
+        };
         if !inner && end > 0 {
-            metrics::PositionRead { file_seq: self.file_seq, offset: end, event_ts: h.timestamp(), bytes: size }.emit();
+            metrics::PositionRead {
+                file_seq: self.file_seq,
+                offset: end,
+                event_ts: h.timestamp(),
+                bytes: size,
+            }
+            .emit();
         }
         if h.timestamp() > 0 {
             self.last_ts = h.timestamp();
         }
         match ty {
-            FORMAT_DESCRIPTION | INTVAR | RAND | USER_VAR | BEGIN_LOAD_QUERY | EXECUTE_LOAD_QUERY | IGNORABLE | ROWS_QUERY
-            | PREVIOUS_GTIDS | TRANSACTION_CONTEXT | VIEW_CHANGE | MARIA_ANNOTATE_ROWS | MARIA_BINLOG_CHECKPOINT | STOP => {}
+            FORMAT_DESCRIPTION
+            | INTVAR
+            | RAND
+            | USER_VAR
+            | BEGIN_LOAD_QUERY
+            | EXECUTE_LOAD_QUERY
+            | IGNORABLE
+            | ROWS_QUERY
+            | PREVIOUS_GTIDS
+            | TRANSACTION_CONTEXT
+            | VIEW_CHANGE
+            | MARIA_ANNOTATE_ROWS
+            | MARIA_BINLOG_CHECKPOINT
+            | STOP => {}
             HEARTBEAT | HEARTBEAT_V2 => {
                 metrics::CaughtUp.emit();
                 self.r.health.beat();
             }
             ROTATE => {
-                let re: RotateEvent<'_> = ev.read_event().map_err(|e| self.unsupported(start, format!("bad ROTATE: {e}"), "report a bug"))?;
+                let re: RotateEvent<'_> = ev.read_event().map_err(|e| {
+                    self.unsupported(start, format!("bad ROTATE: {e}"), "report a bug")
+                })?;
                 let name = rotate_file_name(ev, re.name_raw());
-                self.file_seq = BinlogPosition { file: name.clone(), pos: 0 }.file_seq().unwrap_or(0);
+                self.file_seq = BinlogPosition {
+                    file: name.clone(),
+                    pos: 0,
+                }
+                .file_seq()
+                .unwrap_or(0);
                 self.file = name;
             }
             MARIA_GTID => {
                 let d = ev.data();
                 if d.len() < 13 {
-                    return Err(self.unsupported(start, "short MariaDB GTID event", "report a bug"));
+                    return Err(self.unsupported(
+                        start,
+                        "short MariaDB GTID event",
+                        "report a bug",
+                    ));
                 }
                 let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
                 let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
                 let flags = d[12];
-                self.begin(Some(GtidOfTx::Mariadb { domain, server: h.server_id(), seq }));
+                self.begin(Some(GtidOfTx::Mariadb {
+                    domain,
+                    server: h.server_id(),
+                    seq,
+                }));
                 // MariaDB's GTID event stands in for BEGIN: the group ends at XID or COMMIT,
                 // unless FL_STANDALONE (1) marks a single statement (DDL) that ends after the
                 // next QUERY event.
@@ -545,13 +699,20 @@ impl State<'_, '_> {
                     if list.is_empty() {
                         let d = ev.data();
                         if d.len() >= 4 {
-                            let n = (u32::from_le_bytes(d[0..4].try_into().unwrap_or_default()) & 0x0fff_ffff) as usize;
+                            let n = (u32::from_le_bytes(d[0..4].try_into().unwrap_or_default())
+                                & 0x0fff_ffff) as usize;
                             for i in 0..n {
                                 let o = 4 + i * 16;
                                 if d.len() >= o + 16 {
-                                    let domain = u32::from_le_bytes(d[o..o + 4].try_into().unwrap_or_default());
-                                    let server = u32::from_le_bytes(d[o + 4..o + 8].try_into().unwrap_or_default());
-                                    let seq = u64::from_le_bytes(d[o + 8..o + 16].try_into().unwrap_or_default());
+                                    let domain = u32::from_le_bytes(
+                                        d[o..o + 4].try_into().unwrap_or_default(),
+                                    );
+                                    let server = u32::from_le_bytes(
+                                        d[o + 4..o + 8].try_into().unwrap_or_default(),
+                                    );
+                                    let seq = u64::from_le_bytes(
+                                        d[o + 8..o + 16].try_into().unwrap_or_default(),
+                                    );
                                     list.update(domain, server, seq);
                                 }
                             }
@@ -560,17 +721,28 @@ impl State<'_, '_> {
                 }
             }
             GTID | GTID_TAGGED => {
-                let g: GtidEvent = ev.read_event().map_err(|e| self.unsupported(start, format!("bad GTID event: {e}"), "report a bug"))?;
+                let g: GtidEvent = ev.read_event().map_err(|e| {
+                    self.unsupported(start, format!("bad GTID event: {e}"), "report a bug")
+                })?;
                 let tag = g.tag().map(|t| t.to_string()).unwrap_or_default();
-                self.begin(Some(GtidOfTx::Mysql { uuid: format_uuid(&g.sid()), tag, gno: g.gno() }));
+                self.begin(Some(GtidOfTx::Mysql {
+                    uuid: format_uuid(&g.sid()),
+                    tag,
+                    gno: g.gno(),
+                }));
             }
             ANONYMOUS_GTID => self.begin(None),
             QUERY => {
-                let q: QueryEvent<'_> = ev.read_event().map_err(|e| self.unsupported(start, format!("bad QUERY event: {e}"), "report a bug"))?;
+                let q: QueryEvent<'_> = ev.read_event().map_err(|e| {
+                    self.unsupported(start, format!("bad QUERY event: {e}"), "report a bug")
+                })?;
                 let text = q.query();
                 let t = text.trim();
                 let upper: String = t.chars().take(16).collect::<String>().to_ascii_uppercase();
-                if upper == "BEGIN" || upper.starts_with("XA START") || upper.starts_with("XA BEGIN") {
+                if upper == "BEGIN"
+                    || upper.starts_with("XA START")
+                    || upper.starts_with("XA BEGIN")
+                {
                     if upper.starts_with("XA") {
                         return Err(self.unsupported(start, "XA transaction", "XA transactions are not supported by the reader; avoid XA on captured tables"));
                     }
@@ -599,30 +771,53 @@ impl State<'_, '_> {
             }
             XID => self.commit(end, h.timestamp()).await?,
             TABLE_MAP => self.table_map(ev, start).await?,
-            WRITE_ROWS_V1 | UPDATE_ROWS_V1 | DELETE_ROWS_V1 | WRITE_ROWS | UPDATE_ROWS | DELETE_ROWS => {
+            WRITE_ROWS_V1 | UPDATE_ROWS_V1 | DELETE_ROWS_V1 | WRITE_ROWS | UPDATE_ROWS
+            | DELETE_ROWS => {
                 self.rows(ev, start).await?;
             }
             PARTIAL_UPDATE_ROWS => {
-                return Err(self.unsupported(start, "PARTIAL_UPDATE_ROWS event (binlog_row_value_options=PARTIAL_JSON)", "SET GLOBAL binlog_row_value_options='' so JSON updates carry full images"));
+                return Err(self.unsupported(
+                    start,
+                    "PARTIAL_UPDATE_ROWS event (binlog_row_value_options=PARTIAL_JSON)",
+                    "SET GLOBAL binlog_row_value_options='' so JSON updates carry full images",
+                ));
             }
             TRANSACTION_PAYLOAD => {
                 // mysql_async decompresses the payload and yields its events next; they share
                 // this event's position, and rows are numbered across the payload.
-                self.payload = Some(Payload { pos: start, end, next_row: 0 });
+                self.payload = Some(Payload {
+                    pos: start,
+                    end,
+                    next_row: 0,
+                });
             }
             INCIDENT => {
-                return Err(self.unsupported(start, "INCIDENT event: the source reports that its binlog may be missing changes", "re-snapshot the captured tables with `cdcsync snapshot --table <db.table>`"));
+                return Err(self.unsupported(
+                    start,
+                    "INCIDENT event: the source reports that its binlog may be missing changes",
+                    "re-snapshot the captured tables with `cdcsync snapshot --table <db.table>`",
+                ));
             }
             XA_PREPARE => {
-                return Err(self.unsupported(start, "XA PREPARE event", "XA transactions are not supported by the reader; avoid XA on captured tables"));
+                return Err(self.unsupported(
+                    start,
+                    "XA PREPARE event",
+                    "XA transactions are not supported by the reader; avoid XA on captured tables",
+                ));
             }
             MARIA_START_ENCRYPTION => {
-                return Err(self.unsupported(start, "START_ENCRYPTION event", "replicate from a server whose binlog is not encrypted, or report a bug"));
+                return Err(self.unsupported(
+                    start,
+                    "START_ENCRYPTION event",
+                    "replicate from a server whose binlog is not encrypted, or report a bug",
+                ));
             }
             other => {
                 let what = match other {
                     165 => "MariaDB QUERY_COMPRESSED event (log_bin_compress=ON)".to_string(),
-                    166..=171 => format!("MariaDB compressed rows event type {other} (log_bin_compress=ON)"),
+                    166..=171 => {
+                        format!("MariaDB compressed rows event type {other} (log_bin_compress=ON)")
+                    }
                     _ => format!("unknown event type {other}"),
                 };
                 return Err(self.unsupported(start, what, "SET GLOBAL log_bin_compress=OFF on the source and re-snapshot the captured tables with `cdcsync snapshot --table <db.table>`"));
@@ -632,16 +827,32 @@ impl State<'_, '_> {
     }
 
     fn begin(&mut self, gtid: Option<GtidOfTx>) {
-        self.open = Some(OpenTx { state: new_tx(), gtid, begun: false, has_rows: false });
+        self.open = Some(OpenTx {
+            state: new_tx(),
+            gtid,
+            begun: false,
+            has_rows: false,
+        });
     }
 
     async fn commit(&mut self, end: u64, ts: u32) -> Result<(), ReaderError> {
         // A commit always closes an open payload, even one whose transaction was not tracked.
         let payload = self.payload.take();
-        let Some(tx) = self.open.take() else { return Ok(()) };
+        let Some(tx) = self.open.take() else {
+            return Ok(());
+        };
         match (&tx.gtid, &mut self.gtid) {
-            (Some(GtidOfTx::Mariadb { domain, server, seq }), GtidPosition::Mariadb(list)) => list.update(*domain, *server, *seq),
-            (Some(GtidOfTx::Mysql { uuid, tag, gno }), GtidPosition::Mysql(set)) => set.add(uuid, tag, *gno),
+            (
+                Some(GtidOfTx::Mariadb {
+                    domain,
+                    server,
+                    seq,
+                }),
+                GtidPosition::Mariadb(list),
+            ) => list.update(*domain, *server, *seq),
+            (Some(GtidOfTx::Mysql { uuid, tag, gno }), GtidPosition::Mysql(set)) => {
+                set.add(uuid, tag, *gno)
+            }
             _ => {}
         }
         let pos = match payload {
@@ -655,7 +866,10 @@ impl State<'_, '_> {
             flavor: self.flavor,
             server_id: self.source_server_id,
             gtid_set: self.gtid.to_string(),
-            position: BinlogPosition { file: self.file.clone(), pos },
+            position: BinlogPosition {
+                file: self.file.clone(),
+                pos,
+            },
             ts_ms: ts as i64 * 1000,
         };
         self.ack.close(tx.state, cp);
@@ -664,9 +878,14 @@ impl State<'_, '_> {
 
     async fn checkpoint_if_due(&mut self) -> Result<(), ReaderError> {
         self.r.sink.check_errors()?;
-        let Some(cp) = self.ack.advance()?.cloned() else { return Ok(()) };
+        let Some(cp) = self.ack.advance()?.cloned() else {
+            return Ok(());
+        };
         if self.last_saved.as_ref() != Some(&cp) {
-            self.r.sink.save_checkpoint(&self.r.source.name, &cp).await?;
+            self.r
+                .sink
+                .save_checkpoint(&self.r.source.name, &cp)
+                .await?;
             self.last_saved = Some(cp);
         }
         Ok(())
@@ -675,7 +894,11 @@ impl State<'_, '_> {
     /// Graceful end: wait for acknowledgements (bounded), then save the last complete boundary.
     async fn finish(&mut self) -> Result<(), ReaderError> {
         let bound = Duration::from_millis(self.r.cfg.shutdown_timeout_ms);
-        let drained = self.r.sink.drain(bound.saturating_sub(Duration::from_secs(2))).await;
+        let drained = self
+            .r
+            .sink
+            .drain(bound.saturating_sub(Duration::from_secs(2)))
+            .await;
         self.checkpoint_if_due().await?;
         if !drained {
             return Err(ReaderError::Shutdown("Kafka did not acknowledge every event within reader.shutdown_timeout_ms; the checkpoint was saved at the last acknowledged transaction".into()));
@@ -685,7 +908,9 @@ impl State<'_, '_> {
     }
 
     async fn table_map(&mut self, ev: &Event, pos: u64) -> Result<(), ReaderError> {
-        let tme: TableMapEvent<'_> = ev.read_event().map_err(|e| self.unsupported(pos, format!("bad TABLE_MAP: {e}"), "report a bug"))?;
+        let tme: TableMapEvent<'_> = ev
+            .read_event()
+            .map_err(|e| self.unsupported(pos, format!("bad TABLE_MAP: {e}"), "report a bug"))?;
         let table_id = tme.table_id();
         if let Some(m) = self.tables.get(&table_id) {
             if m.raw == ev.data() {
@@ -696,7 +921,8 @@ impl State<'_, '_> {
         let included = self.filter.matches(&id.db, &id.table);
         let mut info = None;
         if included {
-            let needs_info = self.flavor == Flavor::Mariadb || tme.iter_optional_meta().next().is_none();
+            let needs_info =
+                self.flavor == Flavor::Mariadb || tme.iter_optional_meta().next().is_none();
             if needs_info {
                 if !self.info_cache.contains_key(&id) {
                     let i = info_schema(&mut self.meta, self.flavor, &id).await?;
@@ -706,11 +932,18 @@ impl State<'_, '_> {
             }
         }
         let built = table::build(&tme, included, info).map_err(|e| {
-            self.unsupported(pos, e.to_string(), "fix the table (or exclude it in source.exclude_tables) and re-snapshot it")
+            self.unsupported(
+                pos,
+                e.to_string(),
+                "fix the table (or exclude it in source.exclude_tables) and re-snapshot it",
+            )
         })?;
         let topic = topic_name(&self.r.prefix, &id);
         if included && !self.ensured_topics.contains(&topic) {
-            self.r.sink.ensure_topics(std::slice::from_ref(&topic)).await?;
+            self.r
+                .sink
+                .ensure_topics(std::slice::from_ref(&topic))
+                .await?;
             self.ensured_topics.insert(topic.clone());
         }
         let label = built.label.clone();
@@ -724,7 +957,16 @@ impl State<'_, '_> {
         if self.tables.len() > 10_000 {
             self.tables.clear();
         }
-        self.tables.insert(table_id, Mapped { raw: ev.data().to_vec(), info: Arc::new(built), topic, db_table_json, counters });
+        self.tables.insert(
+            table_id,
+            Mapped {
+                raw: ev.data().to_vec(),
+                info: Arc::new(built),
+                topic,
+                db_table_json,
+                counters,
+            },
+        );
         Ok(())
     }
 
@@ -736,7 +978,14 @@ impl State<'_, '_> {
             return Err(self.unsupported(pos, "rows event did not parse", "report a bug"));
         };
         let Some(m) = self.tables.get(&rows.table_id()) else {
-            return Err(self.unsupported(pos, format!("rows event for table id {} without a TABLE_MAP", rows.table_id()), "report a bug"));
+            return Err(self.unsupported(
+                pos,
+                format!(
+                    "rows event for table id {} without a TABLE_MAP",
+                    rows.table_id()
+                ),
+                "report a bug",
+            ));
         };
         if !m.info.included {
             return Ok(());
@@ -753,14 +1002,24 @@ impl State<'_, '_> {
             o.has_rows = true;
             (o.state.clone(), o.gtid.as_ref().map(|g| g.text()))
         };
-        let before_cols: Vec<bool> = rows.columns_before_image().map(|b| b.iter().by_vals().collect()).unwrap_or_default();
-        let after_cols: Vec<bool> = rows.columns_after_image().map(|b| b.iter().by_vals().collect()).unwrap_or_default();
+        let before_cols: Vec<bool> = rows
+            .columns_before_image()
+            .map(|b| b.iter().by_vals().collect())
+            .unwrap_or_default();
+        let after_cols: Vec<bool> = rows
+            .columns_after_image()
+            .map(|b| b.iter().by_vals().collect())
+            .unwrap_or_default();
         let kind = match &rows {
             RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => 'c',
             RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => 'u',
             RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => 'd',
             RowsEventData::PartialUpdateRowsEvent(_) => {
-                return Err(self.unsupported(pos, "PARTIAL_UPDATE_ROWS event", "SET GLOBAL binlog_row_value_options=''"));
+                return Err(self.unsupported(
+                    pos,
+                    "PARTIAL_UPDATE_ROWS event",
+                    "SET GLOBAL binlog_row_value_options=''",
+                ));
             }
         };
         let ts_ms = ev.header().timestamp() as i64 * 1000;
@@ -785,11 +1044,15 @@ impl State<'_, '_> {
                 fix: "report a bug with the column's type; exclude the table meanwhile".into(),
             };
             match kind {
-                'c' => decode_image(&info, &after_cols, &mut buf, zero, &mut self.after).map_err(derr)?,
-                'd' => decode_image(&info, &before_cols, &mut buf, zero, &mut self.before).map_err(derr)?,
+                'c' => decode_image(&info, &after_cols, &mut buf, zero, &mut self.after)
+                    .map_err(derr)?,
+                'd' => decode_image(&info, &before_cols, &mut buf, zero, &mut self.before)
+                    .map_err(derr)?,
                 _ => {
-                    decode_image(&info, &before_cols, &mut buf, zero, &mut self.before).map_err(derr)?;
-                    decode_image(&info, &after_cols, &mut buf, zero, &mut self.after).map_err(derr)?;
+                    decode_image(&info, &before_cols, &mut buf, zero, &mut self.before)
+                        .map_err(derr)?;
+                    decode_image(&info, &after_cols, &mut buf, zero, &mut self.after)
+                        .map_err(derr)?;
                 }
             }
             let ctx = RowCtx {
@@ -805,21 +1068,71 @@ impl State<'_, '_> {
             match kind {
                 'c' => {
                     let key = self.after.key(&info);
-                    self.emit(&ctx, &key, None, Some(true), "c", None, &tx_state, &counters[0]).await?;
+                    self.emit(
+                        &ctx,
+                        &key,
+                        None,
+                        Some(true),
+                        "c",
+                        None,
+                        &tx_state,
+                        &counters[0],
+                    )
+                    .await?;
                 }
                 'd' => {
                     let key = self.before.key(&info);
-                    self.emit(&ctx, &key, Some(true), None, "d", None, &tx_state, &counters[2]).await?;
+                    self.emit(
+                        &ctx,
+                        &key,
+                        Some(true),
+                        None,
+                        "d",
+                        None,
+                        &tx_state,
+                        &counters[2],
+                    )
+                    .await?;
                 }
                 _ => {
                     let kb = self.before.key(&info);
                     let ka = self.after.key(&info);
                     if kb == ka {
-                        self.emit(&ctx, &ka, Some(true), Some(true), "u", None, &tx_state, &counters[1]).await?;
+                        self.emit(
+                            &ctx,
+                            &ka,
+                            Some(true),
+                            Some(true),
+                            "u",
+                            None,
+                            &tx_state,
+                            &counters[1],
+                        )
+                        .await?;
                     } else {
                         // A primary-key change: delete the old key, create the new one.
-                        self.emit(&ctx, &kb, Some(true), None, "d", Some('d'), &tx_state, &counters[2]).await?;
-                        self.emit(&ctx, &ka, None, Some(true), "c", Some('c'), &tx_state, &counters[0]).await?;
+                        self.emit(
+                            &ctx,
+                            &kb,
+                            Some(true),
+                            None,
+                            "d",
+                            Some('d'),
+                            &tx_state,
+                            &counters[2],
+                        )
+                        .await?;
+                        self.emit(
+                            &ctx,
+                            &ka,
+                            None,
+                            Some(true),
+                            "c",
+                            Some('c'),
+                            &tx_state,
+                            &counters[0],
+                        )
+                        .await?;
                     }
                 }
             }
@@ -911,10 +1224,20 @@ impl State<'_, '_> {
         v.push(b'}');
         self.r
             .sink
-            .send(ctx.topic, key, Some(&self.value), Some((&self.id_buf, &self.ver_buf)), tx, Some(counter.clone()))
+            .send(
+                ctx.topic,
+                key,
+                Some(&self.value),
+                Some((&self.id_buf, &self.ver_buf)),
+                tx,
+                Some(counter.clone()),
+            )
             .await?;
         if op == "d" && self.r.cfg.tombstones {
-            self.r.sink.send(ctx.topic, key, None, None, tx, None).await?;
+            self.r
+                .sink
+                .send(ctx.topic, key, None, None, tx, None)
+                .await?;
         }
         Ok(())
     }

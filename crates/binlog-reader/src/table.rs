@@ -50,7 +50,11 @@ pub enum Kind {
     /// VARCHAR/VARBINARY: length prefix of 1 or 2 bytes.
     VarString { prefix: u8, charset: Charset },
     /// CHAR/BINARY: length prefix of 1 or 2 bytes; `max_bytes` pads BINARY back to its width.
-    FixedString { prefix: u8, max_bytes: u16, charset: Charset },
+    FixedString {
+        prefix: u8,
+        max_bytes: u16,
+        charset: Charset,
+    },
     /// BLOB/TEXT: length prefix of 1–4 bytes.
     Blob { prefix: u8, charset: Charset },
     /// MariaDB JSON (LONGTEXT with a json_valid check): text parsed as JSON.
@@ -138,7 +142,9 @@ fn read_meta(tme: &TableMapEvent<'_>) -> std::io::Result<Meta> {
     let mut m = Meta::default();
     for field in tme.iter_optional_meta() {
         match field? {
-            OptionalMetadataField::Signedness(bits) => m.signedness = bits.iter().by_vals().collect(),
+            OptionalMetadataField::Signedness(bits) => {
+                m.signedness = bits.iter().by_vals().collect()
+            }
             OptionalMetadataField::DefaultCharset(d) => {
                 m.default_charset = Some(d.default_charset());
                 for nd in d.iter_non_default() {
@@ -159,13 +165,23 @@ fn read_meta(tme: &TableMapEvent<'_>) -> std::io::Result<Meta> {
             OptionalMetadataField::EnumStrValue(v) => {
                 for col in v.iter_values() {
                     let col = col?;
-                    m.enum_labels.push(col.values().iter().map(|x| x.value().into_owned()).collect());
+                    m.enum_labels.push(
+                        col.values()
+                            .iter()
+                            .map(|x| x.value().into_owned())
+                            .collect(),
+                    );
                 }
             }
             OptionalMetadataField::SetStrValue(v) => {
                 for col in v.iter_values() {
                     let col = col?;
-                    m.set_labels.push(col.values().iter().map(|x| x.value().into_owned()).collect());
+                    m.set_labels.push(
+                        col.values()
+                            .iter()
+                            .map(|x| x.value().into_owned())
+                            .collect(),
+                    );
                 }
             }
             OptionalMetadataField::SimplePrimaryKey(pk) => {
@@ -180,7 +196,9 @@ fn read_meta(tme: &TableMapEvent<'_>) -> std::io::Result<Meta> {
                     m.primary_key.push(k?.column_index() as usize);
                 }
             }
-            OptionalMetadataField::EnumAndSetDefaultCharset(d) => m.enum_set_charsets.push(d.default_charset()),
+            OptionalMetadataField::EnumAndSetDefaultCharset(d) => {
+                m.enum_set_charsets.push(d.default_charset())
+            }
             OptionalMetadataField::EnumAndSetColumnCharset(_)
             | OptionalMetadataField::GeometryType(_)
             | OptionalMetadataField::ColumnVisibility(_)
@@ -221,7 +239,10 @@ pub fn build(
 ) -> Result<TableInfo, TableError> {
     let id = TableId::new(tme.database_name(), tme.table_name());
     let label = id.to_string();
-    let unsupported = |problem: String| TableError::Unsupported { table: label.clone(), problem };
+    let unsupported = |problem: String| TableError::Unsupported {
+        table: label.clone(),
+        problem,
+    };
     if !included {
         return Ok(TableInfo {
             id,
@@ -230,7 +251,10 @@ pub fn build(
             columns: Vec::new(),
             key: Vec::new(),
             schema_json: String::new(),
-            schema: Arc::new(TableSchema { columns: Vec::new(), primary_key: Vec::new() }),
+            schema: Arc::new(TableSchema {
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+            }),
         });
     }
     let meta = read_meta(tme).map_err(|e| unsupported(format!("bad optional metadata: {e}")))?;
@@ -243,7 +267,9 @@ pub fn build(
             )));
         }
     } else if !meta.is_full() {
-        return Err(unsupported("no column metadata: set binlog_row_metadata=FULL".into()));
+        return Err(unsupported(
+            "no column metadata: set binlog_row_metadata=FULL".into(),
+        ));
     }
 
     let nulls = tme.null_bitmask();
@@ -291,16 +317,37 @@ pub fn build(
         let m = |k: usize| meta_bytes.get(k).copied().unwrap_or(0);
         let is_json_text = info.is_some_and(|x| x.json_columns.contains(&name));
         let (kind, cty) = match ty {
-            T::MYSQL_TYPE_TINY => (Kind::Int { bytes: 1, unsigned }, ColumnType::TinyInt { unsigned }),
-            T::MYSQL_TYPE_SHORT => (Kind::Int { bytes: 2, unsigned }, ColumnType::SmallInt { unsigned }),
-            T::MYSQL_TYPE_INT24 => (Kind::Int { bytes: 3, unsigned }, ColumnType::MediumInt { unsigned }),
-            T::MYSQL_TYPE_LONG => (Kind::Int { bytes: 4, unsigned }, ColumnType::Int { unsigned }),
-            T::MYSQL_TYPE_LONGLONG => (Kind::Int { bytes: 8, unsigned }, ColumnType::BigInt { unsigned }),
+            T::MYSQL_TYPE_TINY => (
+                Kind::Int { bytes: 1, unsigned },
+                ColumnType::TinyInt { unsigned },
+            ),
+            T::MYSQL_TYPE_SHORT => (
+                Kind::Int { bytes: 2, unsigned },
+                ColumnType::SmallInt { unsigned },
+            ),
+            T::MYSQL_TYPE_INT24 => (
+                Kind::Int { bytes: 3, unsigned },
+                ColumnType::MediumInt { unsigned },
+            ),
+            T::MYSQL_TYPE_LONG => (
+                Kind::Int { bytes: 4, unsigned },
+                ColumnType::Int { unsigned },
+            ),
+            T::MYSQL_TYPE_LONGLONG => (
+                Kind::Int { bytes: 8, unsigned },
+                ColumnType::BigInt { unsigned },
+            ),
             T::MYSQL_TYPE_FLOAT => (Kind::Float, ColumnType::Float),
             T::MYSQL_TYPE_DOUBLE => (Kind::Double, ColumnType::Double),
             T::MYSQL_TYPE_NEWDECIMAL => (
-                Kind::Decimal { precision: m(0), scale: m(1) },
-                ColumnType::Decimal { precision: m(0), scale: m(1) },
+                Kind::Decimal {
+                    precision: m(0),
+                    scale: m(1),
+                },
+                ColumnType::Decimal {
+                    precision: m(0),
+                    scale: m(1),
+                },
             ),
             T::MYSQL_TYPE_BIT => {
                 let bits = m(1) as u16 * 8 + m(0) as u16;
@@ -308,53 +355,136 @@ pub fn build(
             }
             T::MYSQL_TYPE_YEAR => (Kind::Year, ColumnType::Year),
             T::MYSQL_TYPE_DATE | T::MYSQL_TYPE_NEWDATE => (Kind::Date, ColumnType::Date),
-            T::MYSQL_TYPE_DATETIME2 => (Kind::DateTime { fsp: m(0) }, ColumnType::DateTime { fsp: m(0) }),
+            T::MYSQL_TYPE_DATETIME2 => (
+                Kind::DateTime { fsp: m(0) },
+                ColumnType::DateTime { fsp: m(0) },
+            ),
             T::MYSQL_TYPE_DATETIME => (Kind::DateTimeOld, ColumnType::DateTime { fsp: 0 }),
-            T::MYSQL_TYPE_TIMESTAMP2 => (Kind::Timestamp { fsp: m(0) }, ColumnType::Timestamp { fsp: m(0) }),
+            T::MYSQL_TYPE_TIMESTAMP2 => (
+                Kind::Timestamp { fsp: m(0) },
+                ColumnType::Timestamp { fsp: m(0) },
+            ),
             T::MYSQL_TYPE_TIMESTAMP => (Kind::TimestampOld, ColumnType::Timestamp { fsp: 0 }),
             T::MYSQL_TYPE_TIME2 => (Kind::Time { fsp: m(0) }, ColumnType::Time { fsp: m(0) }),
             T::MYSQL_TYPE_TIME => (Kind::TimeOld, ColumnType::Time { fsp: 0 }),
             T::MYSQL_TYPE_VARCHAR | T::MYSQL_TYPE_VAR_STRING => {
                 let max = u16::from_le_bytes([m(0), m(1)]);
                 let prefix = if max < 256 { 1 } else { 2 };
-                let cty = if charset == Charset::Binary { ColumnType::Binary } else { ColumnType::Text { max_len: None } };
+                let cty = if charset == Charset::Binary {
+                    ColumnType::Binary
+                } else {
+                    ColumnType::Text { max_len: None }
+                };
                 (Kind::VarString { prefix, charset }, cty)
             }
             T::MYSQL_TYPE_STRING => {
                 let (b0, b1) = (m(0) as u16, m(1) as u16);
-                let len = if (b0 & 0x30) != 0x30 { b1 | (((b0 & 0x30) ^ 0x30) << 4) } else { b1 };
+                let len = if (b0 & 0x30) != 0x30 {
+                    b1 | (((b0 & 0x30) ^ 0x30) << 4)
+                } else {
+                    b1
+                };
                 let prefix = if len < 256 { 1 } else { 2 };
-                let cty = if charset == Charset::Binary { ColumnType::Binary } else { ColumnType::Text { max_len: None } };
-                (Kind::FixedString { prefix, max_bytes: len, charset }, cty)
+                let cty = if charset == Charset::Binary {
+                    ColumnType::Binary
+                } else {
+                    ColumnType::Text { max_len: None }
+                };
+                (
+                    Kind::FixedString {
+                        prefix,
+                        max_bytes: len,
+                        charset,
+                    },
+                    cty,
+                )
             }
             T::MYSQL_TYPE_ENUM => {
-                let labels = meta.enum_labels.get(enum_i).cloned().or_else(|| info_col.map(|c| parse_labels(&c.1)));
+                let labels = meta
+                    .enum_labels
+                    .get(enum_i)
+                    .cloned()
+                    .or_else(|| info_col.map(|c| parse_labels(&c.1)));
                 enum_i += 1;
-                let labels = labels.ok_or_else(|| unsupported(format!("column {name}: ENUM labels unknown (set binlog_row_metadata=FULL)")))?;
-                (Kind::Enum { pack: m(1), labels: Arc::new(labels.clone()) }, ColumnType::Enum { values: labels })
+                let labels = labels.ok_or_else(|| {
+                    unsupported(format!(
+                        "column {name}: ENUM labels unknown (set binlog_row_metadata=FULL)"
+                    ))
+                })?;
+                (
+                    Kind::Enum {
+                        pack: m(1),
+                        labels: Arc::new(labels.clone()),
+                    },
+                    ColumnType::Enum { values: labels },
+                )
             }
             T::MYSQL_TYPE_SET => {
-                let labels = meta.set_labels.get(set_i).cloned().or_else(|| info_col.map(|c| parse_labels(&c.1)));
+                let labels = meta
+                    .set_labels
+                    .get(set_i)
+                    .cloned()
+                    .or_else(|| info_col.map(|c| parse_labels(&c.1)));
                 set_i += 1;
-                let labels = labels.ok_or_else(|| unsupported(format!("column {name}: SET labels unknown (set binlog_row_metadata=FULL)")))?;
-                (Kind::Set { pack: m(1), labels: Arc::new(labels.clone()) }, ColumnType::Set { values: labels })
+                let labels = labels.ok_or_else(|| {
+                    unsupported(format!(
+                        "column {name}: SET labels unknown (set binlog_row_metadata=FULL)"
+                    ))
+                })?;
+                (
+                    Kind::Set {
+                        pack: m(1),
+                        labels: Arc::new(labels.clone()),
+                    },
+                    ColumnType::Set { values: labels },
+                )
             }
-            T::MYSQL_TYPE_BLOB | T::MYSQL_TYPE_TINY_BLOB | T::MYSQL_TYPE_MEDIUM_BLOB | T::MYSQL_TYPE_LONG_BLOB => {
+            T::MYSQL_TYPE_BLOB
+            | T::MYSQL_TYPE_TINY_BLOB
+            | T::MYSQL_TYPE_MEDIUM_BLOB
+            | T::MYSQL_TYPE_LONG_BLOB => {
                 if is_json_text {
                     (Kind::JsonText { prefix: m(0) }, ColumnType::Json)
                 } else {
-                    let cty = if charset == Charset::Binary { ColumnType::Binary } else { ColumnType::Text { max_len: None } };
-                    (Kind::Blob { prefix: m(0), charset }, cty)
+                    let cty = if charset == Charset::Binary {
+                        ColumnType::Binary
+                    } else {
+                        ColumnType::Text { max_len: None }
+                    };
+                    (
+                        Kind::Blob {
+                            prefix: m(0),
+                            charset,
+                        },
+                        cty,
+                    )
                 }
             }
-            T::MYSQL_TYPE_JSON => (Kind::Json { prefix: m(0).max(1) }, ColumnType::Json),
+            T::MYSQL_TYPE_JSON => (
+                Kind::Json {
+                    prefix: m(0).max(1),
+                },
+                ColumnType::Json,
+            ),
             T::MYSQL_TYPE_GEOMETRY => (Kind::Geometry { prefix: m(0) }, ColumnType::Geometry),
-            other => return Err(unsupported(format!("column {name}: type {other:?} is not supported"))),
+            other => {
+                return Err(unsupported(format!(
+                    "column {name}: type {other:?} is not supported"
+                )))
+            }
         };
         let nullable = nulls.get(i).as_deref().copied().unwrap_or(true);
-        schema_cols.push(ColumnSchema { name: name.clone(), ty: cty, nullable });
+        schema_cols.push(ColumnSchema {
+            name: name.clone(),
+            ty: cty,
+            nullable,
+        });
         let name_json = format!("{}:", serde_json::to_string(&name).unwrap_or_default());
-        columns.push(Column { name, name_json, kind });
+        columns.push(Column {
+            name,
+            name_json,
+            kind,
+        });
     }
 
     let key: Vec<usize> = if meta.has_primary_key_field {
@@ -369,7 +499,8 @@ pub fn build(
     };
     if key.is_empty() || key.iter().any(|&k| k >= columns.len()) {
         return Err(unsupported(
-            "has no primary key; cdcsync keys events by primary key. Add one, or exclude the table".into(),
+            "has no primary key; cdcsync keys events by primary key. Add one, or exclude the table"
+                .into(),
         ));
     }
     let schema = Arc::new(TableSchema {
@@ -377,12 +508,22 @@ pub fn build(
         primary_key: key.iter().map(|&k| columns[k].name.clone()).collect(),
     });
     let schema_json = serde_json::to_string(&*schema).unwrap_or_default();
-    Ok(TableInfo { id, label, included: true, columns, key, schema_json, schema })
+    Ok(TableInfo {
+        id,
+        label,
+        included: true,
+        columns,
+        key,
+        schema_json,
+        schema,
+    })
 }
 
 /// Parses the labels of `enum('a','b''c')` / `set(...)` from `COLUMN_TYPE`.
 pub fn parse_labels(column_type: &str) -> Vec<String> {
-    let Some(start) = column_type.find('(') else { return Vec::new() };
+    let Some(start) = column_type.find('(') else {
+        return Vec::new();
+    };
     let body = &column_type[start + 1..column_type.rfind(')').unwrap_or(column_type.len())];
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -417,7 +558,10 @@ mod tests {
 
     #[test]
     fn enum_labels_parse_with_quotes() {
-        assert_eq!(parse_labels("enum('a','b''c','x,y')"), vec!["a", "b'c", "x,y"]);
+        assert_eq!(
+            parse_labels("enum('a','b''c','x,y')"),
+            vec!["a", "b'c", "x,y"]
+        );
         assert_eq!(parse_labels("set('r','w')"), vec!["r", "w"]);
         assert!(parse_labels("int(11)").is_empty());
     }

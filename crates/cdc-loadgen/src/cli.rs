@@ -74,7 +74,9 @@ impl LoadgenArgs {
         let mut cfg = WorkloadConfig::new(self.db.clone());
         cfg.rate = match self.rate.trim() {
             "max" | "flat" | "0" => None,
-            r => Some(r.parse().map_err(|_| LoadgenError::Config(format!("--rate {r:?} is not a number of rows/s or `max`")))?),
+            r => Some(r.parse().map_err(|_| {
+                LoadgenError::Config(format!("--rate {r:?} is not a number of rows/s or `max`"))
+            })?),
         };
         cfg.duration = self.duration.as_deref().map(parse_duration).transpose()?;
         cfg.max_rows = self.max_rows;
@@ -127,12 +129,18 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
         let quiet = args.quiet;
         let report = prefill(&pool, &pcfg, stop.clone(), |done, elapsed| {
             if !quiet {
-                eprintln!("loadgen prefill {:>6.1}s  rows {done:>10}/{rows}", elapsed.as_secs_f64());
+                eprintln!(
+                    "loadgen prefill {:>6.1}s  rows {done:>10}/{rows}",
+                    elapsed.as_secs_f64()
+                );
             }
         })
         .await?;
         println!("{}", report.summary());
-        json.insert("prefill".into(), serde_json::to_value(&report).unwrap_or_default());
+        json.insert(
+            "prefill".into(),
+            serde_json::to_value(&report).unwrap_or_default(),
+        );
     }
     if args.runs_workload() {
         let quiet = args.quiet;
@@ -143,13 +151,18 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
         })
         .await?;
         println!("{}", report.summary());
-        json.insert("run".into(), serde_json::to_value(&report).unwrap_or_default());
+        json.insert(
+            "run".into(),
+            serde_json::to_value(&report).unwrap_or_default(),
+        );
     }
     if let Some(path) = &args.report_json {
-        let mut f = std::fs::File::create(path)
-            .map_err(|e| LoadgenError::Config(format!("cannot write report {}: {e}", path.display())))?;
-        serde_json::to_writer(&mut f, &serde_json::Value::Object(json))
-            .map_err(|e| LoadgenError::Config(format!("cannot write report {}: {e}", path.display())))?;
+        let mut f = std::fs::File::create(path).map_err(|e| {
+            LoadgenError::Config(format!("cannot write report {}: {e}", path.display()))
+        })?;
+        serde_json::to_writer(&mut f, &serde_json::Value::Object(json)).map_err(|e| {
+            LoadgenError::Config(format!("cannot write report {}: {e}", path.display()))
+        })?;
         let _ = f.flush();
     }
     let _ = pool.disconnect().await;

@@ -22,7 +22,12 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 4] = [OpKind::Insert, OpKind::Status, OpKind::Amount, OpKind::Delete];
+    pub const ALL: [OpKind; 4] = [
+        OpKind::Insert,
+        OpKind::Status,
+        OpKind::Amount,
+        OpKind::Delete,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,13 +52,23 @@ pub struct Mix {
 impl Default for Mix {
     /// An order system's typical shape: half new orders, most of the rest status changes.
     fn default() -> Self {
-        Mix { insert: 50, status: 30, amount: 15, delete: 5 }
+        Mix {
+            insert: 50,
+            status: 30,
+            amount: 15,
+            delete: 5,
+        }
     }
 }
 
 impl Mix {
     /// Inserts only (benchmarks that want a known number of rows).
-    pub const INSERT_ONLY: Mix = Mix { insert: 1, status: 0, amount: 0, delete: 0 };
+    pub const INSERT_ONLY: Mix = Mix {
+        insert: 1,
+        status: 0,
+        amount: 0,
+        delete: 0,
+    };
 
     pub fn weight(&self, kind: OpKind) -> u32 {
         match kind {
@@ -85,13 +100,22 @@ impl FromStr for Mix {
     type Err = LoadgenError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut mix = Mix { insert: 0, status: 0, amount: 0, delete: 0 };
+        let mut mix = Mix {
+            insert: 0,
+            status: 0,
+            amount: 0,
+            delete: 0,
+        };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
-                LoadgenError::Config(format!("mix entry {part:?} is not KIND=WEIGHT (e.g. insert=50)"))
+                LoadgenError::Config(format!(
+                    "mix entry {part:?} is not KIND=WEIGHT (e.g. insert=50)"
+                ))
             })?;
             let value: u32 = value.trim().parse().map_err(|_| {
-                LoadgenError::Config(format!("mix weight {value:?} of {key:?} is not a whole number"))
+                LoadgenError::Config(format!(
+                    "mix weight {value:?} of {key:?} is not a whole number"
+                ))
             })?;
             match key.trim() {
                 "insert" => mix.insert = value,
@@ -106,7 +130,9 @@ impl FromStr for Mix {
             }
         }
         if mix.total() == 0 {
-            return Err(LoadgenError::Config("the mix has no positive weight".into()));
+            return Err(LoadgenError::Config(
+                "the mix has no positive weight".into(),
+            ));
         }
         Ok(mix)
     }
@@ -114,7 +140,11 @@ impl FromStr for Mix {
 
 impl fmt::Display for Mix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "insert={},status={},amount={},delete={}", self.insert, self.status, self.amount, self.delete)
+        write!(
+            f,
+            "insert={},status={},amount={},delete={}",
+            self.insert, self.status, self.amount, self.delete
+        )
     }
 }
 
@@ -197,11 +227,14 @@ impl WorkloadConfig {
         crate::schema::validate_db_name(&self.db)?;
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
-                return Err(LoadgenError::Config(format!("rate {rate} must be a positive number of rows/s")));
+                return Err(LoadgenError::Config(format!(
+                    "rate {rate} must be a positive number of rows/s"
+                )));
             }
         }
         if let Some(b) = self.burst {
-            if b.every.is_zero() || b.length >= b.every || !(b.factor.is_finite() && b.factor > 0.0) {
+            if b.every.is_zero() || b.length >= b.every || !(b.factor.is_finite() && b.factor > 0.0)
+            {
                 return Err(LoadgenError::Config(format!(
                     "burst every {:?} for {:?} ×{}: the burst must be shorter than its period, and the factor positive",
                     b.every, b.length, b.factor
@@ -209,16 +242,26 @@ impl WorkloadConfig {
             }
         }
         if self.tx_rows == 0 || self.tx_rows > 100_000 {
-            return Err(LoadgenError::Config(format!("tx-rows {} must be within 1..=100000", self.tx_rows)));
+            return Err(LoadgenError::Config(format!(
+                "tx-rows {} must be within 1..=100000",
+                self.tx_rows
+            )));
         }
         if self.connections == 0 || self.connections > 256 {
-            return Err(LoadgenError::Config(format!("connections {} must be within 1..=256", self.connections)));
+            return Err(LoadgenError::Config(format!(
+                "connections {} must be within 1..=256",
+                self.connections
+            )));
         }
         if self.mix.total() == 0 {
-            return Err(LoadgenError::Config("the mix has no positive weight".into()));
+            return Err(LoadgenError::Config(
+                "the mix has no positive weight".into(),
+            ));
         }
         if self.progress_interval.is_zero() {
-            return Err(LoadgenError::Config("progress interval must be positive".into()));
+            return Err(LoadgenError::Config(
+                "progress interval must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -248,16 +291,28 @@ pub struct PrefillConfig {
 
 impl PrefillConfig {
     pub fn new(db: impl Into<String>, rows: u64) -> Self {
-        PrefillConfig { db: db.into(), rows, batch_rows: 1000, connections: 2, seed: 42 }
+        PrefillConfig {
+            db: db.into(),
+            rows,
+            batch_rows: 1000,
+            connections: 2,
+            seed: 42,
+        }
     }
 
     pub fn validate(&self) -> Result<(), LoadgenError> {
         crate::schema::validate_db_name(&self.db)?;
         if self.batch_rows == 0 || self.batch_rows > 50_000 {
-            return Err(LoadgenError::Config(format!("prefill batch {} must be within 1..=50000", self.batch_rows)));
+            return Err(LoadgenError::Config(format!(
+                "prefill batch {} must be within 1..=50000",
+                self.batch_rows
+            )));
         }
         if self.connections == 0 || self.connections > 64 {
-            return Err(LoadgenError::Config(format!("prefill connections {} must be within 1..=64", self.connections)));
+            return Err(LoadgenError::Config(format!(
+                "prefill connections {} must be within 1..=64",
+                self.connections
+            )));
         }
         Ok(())
     }
@@ -270,13 +325,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, LoadgenError> {
         Some(i) => (&s[..i], s[i..].trim()),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| LoadgenError::Config(format!("{s:?} is not a duration (e.g. 90s, 2m)")))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| LoadgenError::Config(format!("{s:?} is not a duration (e.g. 90s, 2m)")))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(LoadgenError::Config(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h)"))),
+        _ => {
+            return Err(LoadgenError::Config(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h)"
+            )))
+        }
     };
     if !(secs.is_finite() && secs >= 0.0) {
         return Err(LoadgenError::Config(format!("{s:?} is not a duration")));
@@ -290,24 +351,61 @@ mod tests {
 
     #[test]
     fn mix_parsing() {
-        assert_eq!("insert=50,status=30,amount=15,delete=5".parse::<Mix>().unwrap(), Mix::default());
+        assert_eq!(
+            "insert=50,status=30,amount=15,delete=5"
+                .parse::<Mix>()
+                .unwrap(),
+            Mix::default()
+        );
         assert_eq!("insert=1".parse::<Mix>().unwrap(), Mix::INSERT_ONLY);
-        assert_eq!(" status = 2 , insert=1".parse::<Mix>().unwrap(), Mix { insert: 1, status: 2, amount: 0, delete: 0 });
-        for bad in ["", "insert=0", "insert", "insert=x", "update=3", "insert=-1"] {
+        assert_eq!(
+            " status = 2 , insert=1".parse::<Mix>().unwrap(),
+            Mix {
+                insert: 1,
+                status: 2,
+                amount: 0,
+                delete: 0
+            }
+        );
+        for bad in [
+            "",
+            "insert=0",
+            "insert",
+            "insert=x",
+            "update=3",
+            "insert=-1",
+        ] {
             assert!(bad.parse::<Mix>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn mix_pick_follows_weights() {
-        let mix = Mix { insert: 2, status: 0, amount: 1, delete: 1 };
+        let mix = Mix {
+            insert: 2,
+            status: 0,
+            amount: 1,
+            delete: 1,
+        };
         let picked: Vec<OpKind> = (0..mix.total()).map(|x| mix.pick(x)).collect();
-        assert_eq!(picked, vec![OpKind::Insert, OpKind::Insert, OpKind::Amount, OpKind::Delete]);
+        assert_eq!(
+            picked,
+            vec![
+                OpKind::Insert,
+                OpKind::Insert,
+                OpKind::Amount,
+                OpKind::Delete
+            ]
+        );
     }
 
     #[test]
     fn burst_windows() {
-        let b = Burst { every: Duration::from_secs(10), length: Duration::from_secs(2), factor: 10.0 };
+        let b = Burst {
+            every: Duration::from_secs(10),
+            length: Duration::from_secs(2),
+            factor: 10.0,
+        };
         let at = |s: f64| b.active_at(Duration::from_secs_f64(s));
         assert!(!at(0.0) && !at(5.0) && !at(9.99));
         assert!(at(10.0) && at(11.9));
@@ -322,8 +420,19 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (s, d) in [("90", 90.0), ("90s", 90.0), ("1500ms", 1.5), ("2m", 120.0), ("1h", 3600.0), ("0.5s", 0.5)] {
-            assert_eq!(parse_duration(s).unwrap(), Duration::from_secs_f64(d), "{s}");
+        for (s, d) in [
+            ("90", 90.0),
+            ("90s", 90.0),
+            ("1500ms", 1.5),
+            ("2m", 120.0),
+            ("1h", 3600.0),
+            ("0.5s", 0.5),
+        ] {
+            assert_eq!(
+                parse_duration(s).unwrap(),
+                Duration::from_secs_f64(d),
+                "{s}"
+            );
         }
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("abc").is_err());
@@ -336,7 +445,11 @@ mod tests {
         c.tx_rows = 0;
         assert!(c.validate().is_err());
         let mut c = WorkloadConfig::new("shop");
-        c.burst = Some(Burst { every: Duration::from_secs(5), length: Duration::from_secs(5), factor: 10.0 });
+        c.burst = Some(Burst {
+            every: Duration::from_secs(5),
+            length: Duration::from_secs(5),
+            factor: 10.0,
+        });
         assert!(c.validate().is_err());
     }
 }

@@ -52,15 +52,22 @@ pub enum LoadgenError {
 impl LoadgenError {
     /// Whether running again unchanged may succeed (the server was unreachable or restarting).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LoadgenError::Mysql(mysql_async::Error::Io(_)) | LoadgenError::Mysql(mysql_async::Error::Driver(_)))
+        matches!(
+            self,
+            LoadgenError::Mysql(mysql_async::Error::Io(_))
+                | LoadgenError::Mysql(mysql_async::Error::Driver(_))
+        )
     }
 }
 
 /// A connection pool for the generator: at most `connections` connections (plus one for
 /// schema work), no statement cache (the generator sends text statements only).
 pub fn connect(url: &str, connections: u32) -> Result<mysql_async::Pool, LoadgenError> {
-    let opts = mysql_async::Opts::from_url(url)
-        .map_err(|e| LoadgenError::Config(format!("MySQL URL is not valid ({e}); expected mysql://user:password@host:port")))?;
+    let opts = mysql_async::Opts::from_url(url).map_err(|e| {
+        LoadgenError::Config(format!(
+            "MySQL URL is not valid ({e}); expected mysql://user:password@host:port"
+        ))
+    })?;
     let max = connections.max(1) as usize + 1;
     let constraints = mysql_async::PoolConstraints::new(0, max)
         .ok_or_else(|| LoadgenError::Config("invalid connection count".into()))?;

@@ -4,7 +4,11 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "cdc-loadgen", version, about = "Drive an order workload against a MySQL/MariaDB source")]
+#[command(
+    name = "cdc-loadgen",
+    version,
+    about = "Drive an order workload against a MySQL/MariaDB source"
+)]
 struct Cli {
     #[command(flatten)]
     args: cdc_loadgen::cli::LoadgenArgs,

@@ -48,7 +48,11 @@ pub fn chunk_sql(cfg: &PrefillConfig, first_id: u64, chunk: u64) -> String {
             insert_tuple(&mut rng, first_id + i, status)
         })
         .collect();
-    format!("INSERT INTO {} {INSERT_COLUMNS} VALUES {}", table_ref(&cfg.db), tuples.join(","))
+    format!(
+        "INSERT INTO {} {INSERT_COLUMNS} VALUES {}",
+        table_ref(&cfg.db),
+        tuples.join(",")
+    )
 }
 
 /// Inserts exactly `cfg.rows` new orders. `on_progress(rows_done, elapsed)` is called about once
@@ -63,7 +67,10 @@ pub async fn prefill(
     cfg.validate()?;
     let mut conn = pool.get_conn().await?;
     ensure_schema(&mut conn, &cfg.db).await?;
-    let max_id: Option<u64> = conn.query_first(format!("SELECT MAX(id) FROM {}", table_ref(&cfg.db))).await?.flatten();
+    let max_id: Option<u64> = conn
+        .query_first(format!("SELECT MAX(id) FROM {}", table_ref(&cfg.db)))
+        .await?
+        .flatten();
     drop(conn);
     let first_id = max_id.unwrap_or(0) + 1;
     let chunks = cfg.rows.div_ceil(u64::from(cfg.batch_rows));
@@ -74,7 +81,13 @@ pub async fn prefill(
 
     let mut set = JoinSet::new();
     for _ in 0..cfg.connections.min(chunks.max(1) as u32) {
-        let (pool, cfg, next_chunk, done, stop) = (pool.clone(), cfg.clone(), next_chunk.clone(), done.clone(), stop.clone());
+        let (pool, cfg, next_chunk, done, stop) = (
+            pool.clone(),
+            cfg.clone(),
+            next_chunk.clone(),
+            done.clone(),
+            stop.clone(),
+        );
         set.spawn(async move {
             let mut conn = pool.get_conn().await?;
             loop {
@@ -92,7 +105,10 @@ pub async fn prefill(
             }
         });
     }
-    let mut ticker = tokio::time::interval_at((start + Duration::from_secs(1)).into(), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval_at(
+        (start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
     let mut first_error = None;
     loop {
         tokio::select! {
@@ -111,13 +127,20 @@ pub async fn prefill(
     let elapsed = start.elapsed().as_secs_f64();
     let rows = done.load(Ordering::Relaxed);
     if rows != cfg.rows {
-        return Err(LoadgenError::Worker(format!("prefill inserted {rows} rows, expected {}", cfg.rows)));
+        return Err(LoadgenError::Worker(format!(
+            "prefill inserted {rows} rows, expected {}",
+            cfg.rows
+        )));
     }
     Ok(PrefillReport {
         db: cfg.db.clone(),
         rows,
         first_id,
-        last_id: if rows == 0 { first_id.saturating_sub(1) } else { first_id + rows - 1 },
+        last_id: if rows == 0 {
+            first_id.saturating_sub(1)
+        } else {
+            first_id + rows - 1
+        },
         elapsed_secs: elapsed,
         rows_per_sec: rows as f64 / elapsed.max(1e-9),
     })
@@ -139,6 +162,9 @@ mod tests {
         // Chunk content depends only on the seed and the chunk number.
         assert_eq!(chunk_sql(&cfg, 11, 1), chunk_sql(&cfg, 11, 1));
         cfg.seed = 43;
-        assert_ne!(chunk_sql(&cfg, 11, 1), chunk_sql(&PrefillConfig::new("shop", 2500), 11, 1));
+        assert_ne!(
+            chunk_sql(&cfg, 11, 1),
+            chunk_sql(&PrefillConfig::new("shop", 2500), 11, 1)
+        );
     }
 }

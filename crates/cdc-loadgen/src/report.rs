@@ -80,7 +80,11 @@ impl LatencySummary {
             let i = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
             u64::from(samples[i])
         };
-        LatencySummary { p50_us: rank(0.50), p99_us: rank(0.99), max_us: u64::from(samples[samples.len() - 1]) }
+        LatencySummary {
+            p50_us: rank(0.50),
+            p99_us: rank(0.99),
+            max_us: u64::from(samples[samples.len() - 1]),
+        }
     }
 }
 
@@ -181,7 +185,10 @@ pub struct Progress {
 impl Progress {
     pub fn line(&self) -> String {
         let target = match self.target_rate {
-            Some(r) => format!("target {r:.0}/s{}", if self.in_burst { " BURST" } else { "" }),
+            Some(r) => format!(
+                "target {r:.0}/s{}",
+                if self.in_burst { " BURST" } else { "" }
+            ),
             None => "flat out".into(),
         };
         format!(
@@ -207,7 +214,10 @@ mod tests {
         let mut s: Vec<u32> = (1..=100).rev().collect();
         let l = LatencySummary::from_samples(&mut s);
         assert_eq!((l.p50_us, l.p99_us, l.max_us), (50, 99, 100));
-        assert_eq!(LatencySummary::from_samples(&mut []), LatencySummary::default());
+        assert_eq!(
+            LatencySummary::from_samples(&mut []),
+            LatencySummary::default()
+        );
         assert_eq!(LatencySummary::from_samples(&mut [7]).p99_us, 7);
     }
 }

@@ -59,9 +59,17 @@ pub struct Money {
 /// A random order amount with a plausible discount and a 20% tax on the discounted amount.
 pub fn money(rng: &mut Rng) -> Money {
     let amount = rng.range(500, 200_000);
-    let discount = if rng.chance(0.3) { amount * rng.range(5, 20) / 100 } else { 0 };
+    let discount = if rng.chance(0.3) {
+        amount * rng.range(5, 20) / 100
+    } else {
+        0
+    };
     let tax = (amount - discount) / 5;
-    Money { amount, discount, tax }
+    Money {
+        amount,
+        discount,
+        tax,
+    }
 }
 
 /// The parenthesised `VALUES` tuple of a new order with explicit id `id` and status `status`.
@@ -82,14 +90,20 @@ pub fn insert_tuple(rng: &mut Rng, id: u64, status: &str) -> String {
     if rng.chance(0.25) {
         attributes["coupon"] = serde_json::Value::from(*rng.pick(&COUPONS));
     }
-    let address = rng.pick(&ADDRESSES).replace("{n}", &rng.range(1, 999).to_string());
+    let address = rng
+        .pick(&ADDRESSES)
+        .replace("{n}", &rng.range(1, 999).to_string());
     let note = if rng.chance(0.4) {
         let text: &&str = rng.pick(&NOTES);
         sql_str(text)
     } else {
         "NULL".to_owned()
     };
-    let paid_at = if matches!(status, "pending" | "cancelled") { "NULL" } else { "NOW(6)" };
+    let paid_at = if matches!(status, "pending" | "cancelled") {
+        "NULL"
+    } else {
+        "NOW(6)"
+    };
     format!(
         "({id},{user_id},'{status}',{},{},{},'{currency}',{items},{},{},{note},NOW(6),{paid_at},NOW(6),1)",
         cents(m.amount),
@@ -109,7 +123,13 @@ mod tests {
 
     #[test]
     fn cents_formatting() {
-        for (c, s) in [(0, "0.00"), (5, "0.05"), (1234, "12.34"), (-150, "-1.50"), (100_000_000, "1000000.00")] {
+        for (c, s) in [
+            (0, "0.00"),
+            (5, "0.05"),
+            (1234, "12.34"),
+            (-150, "-1.50"),
+            (100_000_000, "1000000.00"),
+        ] {
             assert_eq!(cents(c), s);
         }
     }

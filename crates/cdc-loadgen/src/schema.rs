@@ -16,7 +16,14 @@ use crate::LoadgenError;
 pub const TABLE: &str = "orders";
 
 /// The order statuses, in the order of the ENUM definition.
-pub const STATUSES: [&str; 6] = ["pending", "paid", "shipped", "delivered", "refunded", "cancelled"];
+pub const STATUSES: [&str; 6] = [
+    "pending",
+    "paid",
+    "shipped",
+    "delivered",
+    "refunded",
+    "cancelled",
+];
 
 /// Quotes a database name as a MySQL identifier. Names are validated by
 /// [`validate_db_name`] first, so the backquote never needs escaping; this is belt and braces.
@@ -34,7 +41,9 @@ pub fn table_ref(db: &str) -> String {
 pub fn validate_db_name(db: &str) -> Result<(), LoadgenError> {
     let ok = !db.is_empty()
         && db.len() <= 64
-        && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        && db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
     if ok {
         Ok(())
     } else {
@@ -86,7 +95,8 @@ pub async fn ensure_schema(conn: &mut mysql_async::Conn, db: &str) -> Result<(),
 /// Drops the database (tests and `--recreate`).
 pub async fn drop_database(conn: &mut mysql_async::Conn, db: &str) -> Result<(), LoadgenError> {
     validate_db_name(db)?;
-    conn.query_drop(format!("DROP DATABASE IF EXISTS {}", quote_ident(db))).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS {}", quote_ident(db)))
+        .await?;
     Ok(())
 }
 
@@ -109,7 +119,11 @@ mod tests {
         let sql = create_table_sql("shop");
         let columns = sql
             .lines()
-            .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("PRIMARY") && !l.trim_start().starts_with("KEY"))
+            .filter(|l| {
+                l.starts_with("  ")
+                    && !l.trim_start().starts_with("PRIMARY")
+                    && !l.trim_start().starts_with("KEY")
+            })
             .count();
         assert_eq!(columns, 15, "{sql}");
     }

@@ -151,11 +151,17 @@ struct Worker {
 }
 
 fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 impl Worker {
-    async fn run(mut self, pool: Pool, stop: CancellationToken) -> Result<WorkerResult, LoadgenError> {
+    async fn run(
+        mut self,
+        pool: Pool,
+        stop: CancellationToken,
+    ) -> Result<WorkerResult, LoadgenError> {
         let mut conn = pool.get_conn().await?;
         let mut out = WorkerResult {
             ops: OpCounts::default(),
@@ -190,7 +196,9 @@ impl Worker {
                     break;
                 }
             }
-            let n = remaining.map_or(self.cfg.tx_rows, |r| r.min(u64::from(self.cfg.tx_rows)) as u32);
+            let n = remaining.map_or(self.cfg.tx_rows, |r| {
+                r.min(u64::from(self.cfg.tx_rows)) as u32
+            });
             let (sql, kinds, fallbacks, touched) = self.build_transaction(n);
             let t0 = Instant::now();
             conn.query_drop(&sql).await?;
@@ -215,7 +223,10 @@ impl Worker {
             let duration_us = took.as_micros().min(u128::from(u32::MAX)) as u32;
             out.latencies_us.push(duration_us);
             if self.cfg.record_commits
-                && self.commit_budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
+                && self
+                    .commit_budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                    .is_ok()
             {
                 out.commits.push(CommitRecord {
                     commit_unix_us: unix_us(committed_at),
@@ -307,13 +318,21 @@ impl Worker {
         let mut sql = String::with_capacity(256 + inserts.len() * 400 + amounts.len() * 160);
         sql.push_str("START TRANSACTION;");
         if !inserts.is_empty() {
-            sql.push_str(&format!("INSERT INTO {} {INSERT_COLUMNS} VALUES {};", self.table, inserts.join(",")));
+            sql.push_str(&format!(
+                "INSERT INTO {} {INSERT_COLUMNS} VALUES {};",
+                self.table,
+                inserts.join(",")
+            ));
         }
         for (status, ids) in status_groups.iter().enumerate() {
             if ids.is_empty() {
                 continue;
             }
-            let paid = if status == PAID as usize { "paid_at=NOW(6)," } else { "" };
+            let paid = if status == PAID as usize {
+                "paid_at=NOW(6),"
+            } else {
+                ""
+            };
             sql.push_str(&format!(
                 "UPDATE {} SET status='{}',{paid}updated_time=NOW(6),version=version+1 WHERE id IN ({});",
                 self.table,
@@ -326,7 +345,11 @@ impl Worker {
             sql.push(';');
         }
         if !deletes.is_empty() {
-            sql.push_str(&format!("DELETE FROM {} WHERE id IN ({});", self.table, join_ids(&deletes)));
+            sql.push_str(&format!(
+                "DELETE FROM {} WHERE id IN ({});",
+                self.table,
+                join_ids(&deletes)
+            ));
         }
         sql.push_str("COMMIT");
         (sql, kinds, fallbacks, touched)
@@ -352,17 +375,26 @@ pub async fn run_workload(
 
     let mut conn = pool.get_conn().await?;
     ensure_schema(&mut conn, &cfg.db).await?;
-    let max_id: Option<u64> = conn.query_first(format!("SELECT MAX(id) FROM {table}")).await?.flatten();
+    let max_id: Option<u64> = conn
+        .query_first(format!("SELECT MAX(id) FROM {table}"))
+        .await?
+        .flatten();
     let first_new_id = max_id.unwrap_or(0) + 1;
 
     // The most recent existing rows become update/delete candidates, split by owner.
     let mut pools: Vec<Candidates> = (0..connections)
-        .map(|_| Candidates { cap: cfg.max_tracked_rows_per_connection.max(1), ..Default::default() })
+        .map(|_| Candidates {
+            cap: cfg.max_tracked_rows_per_connection.max(1),
+            ..Default::default()
+        })
         .collect();
     if max_id.is_some() {
         let limit = cfg.max_tracked_rows_per_connection as u64 * connections;
-        let rows: Vec<(u64, String)> =
-            conn.query(format!("SELECT id, CAST(status AS CHAR) FROM {table} ORDER BY id DESC LIMIT {limit}")).await?;
+        let rows: Vec<(u64, String)> = conn
+            .query(format!(
+                "SELECT id, CAST(status AS CHAR) FROM {table} ORDER BY id DESC LIMIT {limit}"
+            ))
+            .await?;
         let mut seeder = Rng::stream(cfg.seed, u64::MAX);
         // Oldest first, so that the same table gives the same pool order on every run.
         for (id, status) in rows.into_iter().rev() {
@@ -380,7 +412,9 @@ pub async fn run_workload(
     let mut set = JoinSet::new();
     for (w, rows) in pools.into_iter().enumerate() {
         let w64 = w as u64;
-        let quota = cfg.max_rows.map(|m| m / connections + u64::from(w64 < m % connections));
+        let quota = cfg
+            .max_rows
+            .map(|m| m / connections + u64::from(w64 < m % connections));
         let worker = Worker {
             index: w as u32,
             cfg: cfg.clone(),
@@ -400,7 +434,10 @@ pub async fn run_workload(
 
     let mut results = Vec::new();
     let mut first_error: Option<LoadgenError> = None;
-    let mut ticker = tokio::time::interval_at((start + cfg.progress_interval).into(), cfg.progress_interval);
+    let mut ticker = tokio::time::interval_at(
+        (start + cfg.progress_interval).into(),
+        cfg.progress_interval,
+    );
     let mut last = (Duration::ZERO, 0u64);
     loop {
         tokio::select! {
@@ -487,7 +524,10 @@ mod tests {
     fn worker(mix: Mix, existing: &[(u64, u8)]) -> Worker {
         let mut cfg = WorkloadConfig::new("shop");
         cfg.mix = mix;
-        let mut rows = Candidates { cap: 1000, ..Default::default() };
+        let mut rows = Candidates {
+            cap: 1000,
+            ..Default::default()
+        };
         let mut r = Rng::new(0);
         for (id, s) in existing {
             rows.put(&mut r, *id, *s);
@@ -520,19 +560,41 @@ mod tests {
 
     #[test]
     fn empty_table_falls_back_to_inserts() {
-        let mut w = worker(Mix { insert: 0, status: 1, amount: 0, delete: 1 }, &[]);
+        let mut w = worker(
+            Mix {
+                insert: 0,
+                status: 1,
+                amount: 0,
+                delete: 1,
+            },
+            &[],
+        );
         let (sql, kinds, fallbacks, touched) = w.build_transaction(3);
         assert_eq!(kinds, [3, 0, 0, 0]);
         assert_eq!(fallbacks, 3);
-        assert_eq!(touched.iter().map(|t| t.0).collect::<Vec<_>>(), vec![100, 102, 104]);
-        assert!(sql.starts_with("START TRANSACTION;INSERT INTO `shop`.`orders`"), "{sql}");
+        assert_eq!(
+            touched.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![100, 102, 104]
+        );
+        assert!(
+            sql.starts_with("START TRANSACTION;INSERT INTO `shop`.`orders`"),
+            "{sql}"
+        );
         assert!(sql.ends_with(";COMMIT"));
     }
 
     #[test]
     fn one_transaction_never_touches_a_row_twice() {
         let existing: Vec<(u64, u8)> = (1..=5).map(|id| (id, PENDING)).collect();
-        let mut w = worker(Mix { insert: 0, status: 1, amount: 1, delete: 1 }, &existing);
+        let mut w = worker(
+            Mix {
+                insert: 0,
+                status: 1,
+                amount: 1,
+                delete: 1,
+            },
+            &existing,
+        );
         let (sql, kinds, fallbacks, touched) = w.build_transaction(5);
         assert_eq!(kinds.iter().sum::<u64>(), 5);
         assert_eq!(fallbacks, 0);

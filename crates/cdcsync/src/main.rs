@@ -210,14 +210,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Snapshot { config, tables, wait } => {
+        Command::Snapshot {
+            config,
+            tables,
+            wait,
+        } => {
             let config = Config::load(&config)?;
             cdc_telemetry::init_tracing(&config.telemetry);
             let source = config.source("snapshot")?.clone();
-            let (topic, since) = binlog_reader::snapshot::request_snapshot(&source, &config.kafka, &tables).await?;
+            let (topic, since) =
+                binlog_reader::snapshot::request_snapshot(&source, &config.kafka, &tables).await?;
             println!("snapshot of {} requested on {topic}", tables.join(", "));
             if let Some(secs) = wait {
-                let cp_topic = config.reader.checkpoint_topic(config.kafka.prefix(&source.name));
+                let cp_topic = config
+                    .reader
+                    .checkpoint_topic(config.kafka.prefix(&source.name));
                 let done = binlog_reader::snapshot::wait_for_snapshots(
                     &config.kafka,
                     &cp_topic,

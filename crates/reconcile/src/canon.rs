@@ -54,7 +54,9 @@ pub fn pg_ident(name: &str) -> String {
 /// JSON, which is canonicalised in Rust.
 pub fn my_canonical(c: &str, ty: &ColumnType) -> Option<String> {
     use ColumnType::*;
-    let zero_guard = |e: String| format!("CASE WHEN YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 THEN NULL ELSE {e} END");
+    let zero_guard = |e: String| {
+        format!("CASE WHEN YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0 THEN NULL ELSE {e} END")
+    };
     Some(match ty {
         TinyInt { .. } | SmallInt { .. } | MediumInt { .. } | Int { .. } | BigInt { .. } | Decimal { .. } => format!("CAST({c} AS CHAR)"),
         Float | Double => format!("CAST({c} AS DOUBLE)"),
@@ -210,7 +212,11 @@ fn write_jsonb(out: &mut String, v: &Value) {
         }
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes())));
+            keys.sort_by(|a, b| {
+                a.len()
+                    .cmp(&b.len())
+                    .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+            });
             out.push('{');
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
@@ -260,15 +266,26 @@ pub fn pg_numeric_text(text: &str) -> String {
     let digits: String = format!("{int}{frac}");
     let shift = exp - frac.len() as i64;
     let (mut int_part, frac_part) = if shift >= 0 {
-        (format!("{digits}{}", "0".repeat(shift as usize)), String::new())
+        (
+            format!("{digits}{}", "0".repeat(shift as usize)),
+            String::new(),
+        )
     } else {
         let scale = (-shift) as usize;
-        let padded = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale + 1 - digits.len())) } else { digits };
+        let padded = if digits.len() <= scale {
+            format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
+        } else {
+            digits
+        };
         let cut = padded.len() - scale;
         (padded[..cut].to_string(), padded[cut..].to_string())
     };
     let trimmed = int_part.trim_start_matches('0');
-    int_part = if trimmed.is_empty() { "0".into() } else { trimmed.to_string() };
+    int_part = if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.to_string()
+    };
     let zero = int_part == "0" && frac_part.bytes().all(|b| b == b'0');
     let mut out = String::new();
     if neg && !zero {
@@ -316,16 +333,34 @@ mod tests {
         assert_eq!(canonical_json("{}"), "{}");
         assert_eq!(canonical_json("[]"), "[]");
         assert_eq!(canonical_json("not json"), r#""not json""#);
-        assert_eq!(pg_jsonb_text(&json!({"k": 1e20})), r#"{"k": 100000000000000000000}"#);
+        assert_eq!(
+            pg_jsonb_text(&json!({"k": 1e20})),
+            r#"{"k": 100000000000000000000}"#
+        );
     }
 
     #[test]
     fn floats_compare_by_value_not_by_server_text() {
-        assert_eq!(canonical_float("1e300", false), canonical_float("1e+300", false));
-        assert_eq!(canonical_float("1e-07", false), canonical_float("0.0000001", false));
-        assert_eq!(canonical_float("1.100000023841858", true), canonical_float("1.1", true));
-        assert_eq!(canonical_float("16777216", true), canonical_float("1.6777216e+07", true));
-        assert_ne!(canonical_float("0.1", false), canonical_float("0.10000000000000002", false));
+        assert_eq!(
+            canonical_float("1e300", false),
+            canonical_float("1e+300", false)
+        );
+        assert_eq!(
+            canonical_float("1e-07", false),
+            canonical_float("0.0000001", false)
+        );
+        assert_eq!(
+            canonical_float("1.100000023841858", true),
+            canonical_float("1.1", true)
+        );
+        assert_eq!(
+            canonical_float("16777216", true),
+            canonical_float("1.6777216e+07", true)
+        );
+        assert_ne!(
+            canonical_float("0.1", false),
+            canonical_float("0.10000000000000002", false)
+        );
     }
 
     #[test]

@@ -57,16 +57,28 @@ impl ReconcileConfig {
     /// Checks values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(100..=1_000_000).contains(&self.chunk_rows) {
-            return Err(ConfigError::invalid("reconcile.chunk_rows", "must be between 100 and 1000000"));
+            return Err(ConfigError::invalid(
+                "reconcile.chunk_rows",
+                "must be between 100 and 1000000",
+            ));
         }
         if !(1..=64).contains(&self.parallelism) {
-            return Err(ConfigError::invalid("reconcile.parallelism", "must be between 1 and 64"));
+            return Err(ConfigError::invalid(
+                "reconcile.parallelism",
+                "must be between 1 and 64",
+            ));
         }
         if self.recheck_interval_ms == 0 {
-            return Err(ConfigError::invalid("reconcile.recheck_interval_ms", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "reconcile.recheck_interval_ms",
+                "must be greater than 0",
+            ));
         }
         if self.max_differences == 0 {
-            return Err(ConfigError::invalid("reconcile.max_differences", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "reconcile.max_differences",
+                "must be greater than 0",
+            ));
         }
         for t in &self.tables {
             if cdc_event::TableId::parse(t).is_none() || t.contains('*') {
@@ -96,7 +108,9 @@ mod tests {
         let cases: [(&str, Breaker); 4] = [
             ("reconcile.chunk_rows", |c| c.chunk_rows = 10),
             ("reconcile.parallelism", |c| c.parallelism = 0),
-            ("reconcile.recheck_interval_ms", |c| c.recheck_interval_ms = 0),
+            ("reconcile.recheck_interval_ms", |c| {
+                c.recheck_interval_ms = 0
+            }),
             ("reconcile.tables", |c| c.tables = vec!["orders".into()]),
         ];
         for (key, f) in cases {
@@ -109,7 +123,8 @@ mod tests {
 
     #[test]
     fn parses_from_toml_and_rejects_unknown_keys() {
-        let f: File = cdc_config::from_toml("[reconcile]\nchunk_rows = 500\nrepair = true\n").unwrap();
+        let f: File =
+            cdc_config::from_toml("[reconcile]\nchunk_rows = 500\nrepair = true\n").unwrap();
         assert_eq!(f.reconcile.chunk_rows, 500);
         assert!(f.reconcile.repair);
         assert_eq!(f.reconcile.parallelism, 2);

@@ -33,6 +33,9 @@ pub enum ReconcileError {
 impl ReconcileError {
     /// True when retrying without a change cannot help.
     pub fn is_definite(&self) -> bool {
-        matches!(self, ReconcileError::Definite(_) | ReconcileError::Config(_) | ReconcileError::Report { .. })
+        matches!(
+            self,
+            ReconcileError::Definite(_) | ReconcileError::Config(_) | ReconcileError::Report { .. }
+        )
     }
 }

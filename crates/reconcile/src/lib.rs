@@ -39,7 +39,11 @@ pub use run::Reconciler;
 /// The tables the scheduled mode checks: `reconcile.tables`, else every exact `db.table` in
 /// `source.include_tables`.
 pub fn scheduled_tables(source: &SourceConfig, cfg: &ReconcileConfig) -> Vec<TableId> {
-    let names: Vec<&String> = if cfg.tables.is_empty() { source.include_tables.iter().collect() } else { cfg.tables.iter().collect() };
+    let names: Vec<&String> = if cfg.tables.is_empty() {
+        source.include_tables.iter().collect()
+    } else {
+        cfg.tables.iter().collect()
+    };
     names
         .into_iter()
         .filter(|t| !t.contains('*'))
@@ -101,8 +105,9 @@ pub async fn run_once(
     repair: bool,
     report_path: Option<&str>,
 ) -> Result<Report, ReconcileError> {
-    let table = TableId::parse(table)
-        .ok_or_else(|| ReconcileError::Definite(format!("--table {table:?} is not of the form db.table")))?;
+    let table = TableId::parse(table).ok_or_else(|| {
+        ReconcileError::Definite(format!("--table {table:?} is not of the form db.table"))
+    })?;
     let reconciler = Reconciler::connect(source, warehouse, kafka, cfg).await?;
     let report = reconciler.run(&table, repair).await?;
     if let Some(path) = report_path {
@@ -121,9 +126,17 @@ mod tests {
             "name = \"s\"\nurl = \"mysql://u@h:1\"\ninclude_tables = [\"shop.orders\", \"shop.*\", \"shop.items\"]\nexclude_tables = [\"shop.items\"]\n",
         )
         .unwrap();
-        let names = |cfg: &ReconcileConfig| scheduled_tables(&source, cfg).iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let names = |cfg: &ReconcileConfig| {
+            scheduled_tables(&source, cfg)
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&ReconcileConfig::default()), vec!["shop.orders"]);
-        let explicit = ReconcileConfig { tables: vec!["shop.users".into()], ..Default::default() };
+        let explicit = ReconcileConfig {
+            tables: vec!["shop.users".into()],
+            ..Default::default()
+        };
         assert_eq!(names(&explicit), vec!["shop.users"]);
     }
 }

@@ -3,13 +3,21 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_gauge_vec, register_int_counter_vec, register_int_gauge_vec, GaugeVec, IntCounterVec, IntGaugeVec};
+use prometheus::{
+    register_gauge_vec, register_int_counter_vec, register_int_gauge_vec, GaugeVec, IntCounterVec,
+    IntGaugeVec,
+};
 
 use crate::report::{Kind, Report};
 
 /// `cdcsync_reconcile_rows_checked_total{table}`.
 pub static ROWS_CHECKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("cdcsync_reconcile_rows_checked_total", "Rows compared by reconciliation", &["table"]).unwrap()
+    register_int_counter_vec!(
+        "cdcsync_reconcile_rows_checked_total",
+        "Rows compared by reconciliation",
+        &["table"]
+    )
+    .unwrap()
 });
 /// `cdcsync_reconcile_mismatches{table,kind}`.
 pub static MISMATCHES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -22,7 +30,12 @@ pub static MISMATCHES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 /// `cdcsync_reconcile_duration_seconds{table}`.
 pub static DURATION: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register_gauge_vec!("cdcsync_reconcile_duration_seconds", "Duration of the last completed reconciliation run", &["table"]).unwrap()
+    register_gauge_vec!(
+        "cdcsync_reconcile_duration_seconds",
+        "Duration of the last completed reconciliation run",
+        &["table"]
+    )
+    .unwrap()
 });
 /// `cdcsync_reconcile_last_success_timestamp_seconds{table}`.
 pub static LAST_SUCCESS: LazyLock<GaugeVec> = LazyLock::new(|| {
@@ -57,7 +70,9 @@ pub struct RowsChecked<'a> {
 impl RowsChecked<'_> {
     /// Counts.
     pub fn emit(self) {
-        ROWS_CHECKED.with_label_values(&[self.table]).inc_by(self.rows);
+        ROWS_CHECKED
+            .with_label_values(&[self.table])
+            .inc_by(self.rows);
     }
 }
 
@@ -73,10 +88,15 @@ impl RunCompleted<'_> {
         let r = self.report;
         let t = r.table.as_str();
         for k in Kind::ALL {
-            MISMATCHES.with_label_values(&[t, k.as_str()]).set(r.total(k) as i64);
+            MISMATCHES
+                .with_label_values(&[t, k.as_str()])
+                .set(r.total(k) as i64);
         }
         DURATION.with_label_values(&[t]).set(r.duration_seconds);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         LAST_SUCCESS.with_label_values(&[t]).set(now);
         tracing::info!(
             table = t,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use cdc_event::{ColumnType, TableId, TableSchema};
 
-use crate::canon::{my_canonical, my_ident, my_json_text, my_part, pg_canonical, pg_ident, pg_part, RustCanon};
+use crate::canon::{
+    my_canonical, my_ident, my_json_text, my_part, pg_canonical, pg_ident, pg_part, RustCanon,
+};
 use crate::error::ReconcileError;
 
 /// A primary-key value: one integer per key column (every integer type fits in `i128`).
@@ -68,7 +70,11 @@ pub struct Range {
 fn is_integer(ty: &ColumnType) -> bool {
     matches!(
         ty,
-        ColumnType::TinyInt { .. } | ColumnType::SmallInt { .. } | ColumnType::MediumInt { .. } | ColumnType::Int { .. } | ColumnType::BigInt { .. }
+        ColumnType::TinyInt { .. }
+            | ColumnType::SmallInt { .. }
+            | ColumnType::MediumInt { .. }
+            | ColumnType::Int { .. }
+            | ColumnType::BigInt { .. }
     )
 }
 
@@ -110,14 +116,20 @@ impl TablePlan {
             cols.push(ColPlan {
                 name: c.name.clone(),
                 ty: c.ty.clone(),
-                my: if rust == Some(RustCanon::Json) { my_json_text(&myc) } else { my_canonical(&myc, &c.ty).unwrap_or_default() },
+                my: if rust == Some(RustCanon::Json) {
+                    my_json_text(&myc)
+                } else {
+                    my_canonical(&myc, &c.ty).unwrap_or_default()
+                },
                 pg: pg_canonical(&pgc, &c.ty, pg_type),
                 rust,
             });
         }
         let mut key = Vec::new();
         for k in &schema.primary_key {
-            let i = cols.iter().position(|c| &c.name == k).ok_or_else(|| ReconcileError::Definite(format!("key column {k} is not a column")))?;
+            let i = cols.iter().position(|c| &c.name == k).ok_or_else(|| {
+                ReconcileError::Definite(format!("key column {k} is not a column"))
+            })?;
             if !is_integer(&cols[i].ty) {
                 return Err(ReconcileError::Definite(format!(
                     "{label}: key column {k} is not an integer column; reconciliation supports integer primary keys (MySQL and PostgreSQL order text keys differently)"
@@ -126,7 +138,9 @@ impl TablePlan {
             key.push(i);
         }
         let has_rust = cols.iter().any(|c| c.rust.is_some());
-        let pg_rust = cols.iter().any(|c| matches!(c.rust, Some(RustCanon::Float32 | RustCanon::Float64)));
+        let pg_rust = cols
+            .iter()
+            .any(|c| matches!(c.rust, Some(RustCanon::Float32 | RustCanon::Float64)));
         Ok(TablePlan {
             my_table: format!("{}.{}", my_ident(&table.db), my_ident(&table.table)),
             pg_table: format!("{}.{}", pg_ident(pg_schema), pg_ident(&table.table)),
@@ -141,14 +155,19 @@ impl TablePlan {
     }
 
     fn key_names(&self, quote: fn(&str) -> String) -> Vec<String> {
-        self.key.iter().map(|&i| quote(&self.cols[i].name)).collect()
+        self.key
+            .iter()
+            .map(|&i| quote(&self.cols[i].name))
+            .collect()
     }
 
     /// `(k1, k2) > (v1, v2)` expanded so both optimisers use the primary key for the range.
     fn gt(names: &[String], key: &Key) -> String {
         let mut ors = Vec::new();
         for i in 0..names.len() {
-            let mut ands: Vec<String> = (0..i).map(|j| format!("{} = {}", names[j], key[j])).collect();
+            let mut ands: Vec<String> = (0..i)
+                .map(|j| format!("{} = {}", names[j], key[j]))
+                .collect();
             ands.push(format!("{} > {}", names[i], key[i]));
             ors.push(format!("({})", ands.join(" AND ")));
         }
@@ -187,7 +206,9 @@ impl TablePlan {
     /// Source: the key `n` rows after `lo` (the next chunk's inclusive upper bound).
     pub fn my_next_bound(&self, lo: Option<&Key>, n: u64) -> String {
         let names = self.key_names(my_ident);
-        let w = lo.map(|k| Self::gt(&names, k)).unwrap_or_else(|| "TRUE".into());
+        let w = lo
+            .map(|k| Self::gt(&names, k))
+            .unwrap_or_else(|| "TRUE".into());
         format!(
             "SELECT {k} FROM {t} WHERE {w} ORDER BY {k} LIMIT 1 OFFSET {off}",
             k = names.join(", "),
@@ -201,12 +222,22 @@ impl TablePlan {
     // order. Both sides compute exactly this, in SQL or finished in Rust.
 
     fn my_row_text(&self) -> String {
-        let parts: Vec<String> = self.cols.iter().filter(|c| c.rust.is_none()).map(|c| my_part(&c.my)).collect();
+        let parts: Vec<String> = self
+            .cols
+            .iter()
+            .filter(|c| c.rust.is_none())
+            .map(|c| my_part(&c.my))
+            .collect();
         format!("CONCAT({})", parts.join(", "))
     }
 
     fn pg_row_text(&self) -> String {
-        let parts: Vec<String> = self.cols.iter().filter(|c| c.rust.is_none()).map(|c| pg_part(&c.pg)).collect();
+        let parts: Vec<String> = self
+            .cols
+            .iter()
+            .filter(|c| c.rust.is_none())
+            .map(|c| pg_part(&c.pg))
+            .collect();
         parts.join(" || ")
     }
 
@@ -215,7 +246,12 @@ impl TablePlan {
         if !self.has_rust {
             return s;
         }
-        let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| pg_part(&c.pg)).collect();
+        let j: Vec<String> = self
+            .cols
+            .iter()
+            .filter(|c| c.rust.is_some())
+            .map(|c| pg_part(&c.pg))
+            .collect();
         format!("md5({s} || {})", j.join(" || "))
     }
 
@@ -225,8 +261,18 @@ impl TablePlan {
     pub fn my_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(my_ident), r);
         if self.has_rust {
-            let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| c.my.clone()).collect();
-            format!("SELECT MD5({}), {} FROM {} WHERE {w}", self.my_row_text(), j.join(", "), self.my_table)
+            let j: Vec<String> = self
+                .cols
+                .iter()
+                .filter(|c| c.rust.is_some())
+                .map(|c| c.my.clone())
+                .collect();
+            format!(
+                "SELECT MD5({}), {} FROM {} WHERE {w}",
+                self.my_row_text(),
+                j.join(", "),
+                self.my_table
+            )
         } else {
             format!(
                 "SELECT COUNT(*), COALESCE(BIT_XOR(CAST(CONV(LEFT(MD5({}), 16), 16, 10) AS UNSIGNED)), 0) FROM {} WHERE {w}",
@@ -241,8 +287,18 @@ impl TablePlan {
     pub fn pg_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(pg_ident), r);
         if self.pg_rust {
-            let j: Vec<String> = self.cols.iter().filter(|c| c.rust.is_some()).map(|c| c.pg.clone()).collect();
-            return format!("SELECT md5({}), {} FROM {} WHERE ({w}) AND NOT _cdc_deleted", self.pg_row_text(), j.join(", "), self.pg_table);
+            let j: Vec<String> = self
+                .cols
+                .iter()
+                .filter(|c| c.rust.is_some())
+                .map(|c| c.pg.clone())
+                .collect();
+            return format!(
+                "SELECT md5({}), {} FROM {} WHERE ({w}) AND NOT _cdc_deleted",
+                self.pg_row_text(),
+                j.join(", "),
+                self.pg_table
+            );
         }
         format!(
             "SELECT count(*)::bigint, coalesce(bit_xor(('x' || left({}, 16))::bit(64)::bigint), 0)::bigint FROM {} WHERE ({w}) AND NOT _cdc_deleted",
@@ -254,7 +310,12 @@ impl TablePlan {
     fn my_rows(&self, w: &str) -> String {
         let names = self.key_names(my_ident);
         let vals: Vec<String> = self.cols.iter().map(|c| c.my.clone()).collect();
-        format!("SELECT {k}, {v} FROM {t} WHERE {w} ORDER BY {k}", k = names.join(", "), v = vals.join(", "), t = self.my_table)
+        format!(
+            "SELECT {k}, {v} FROM {t} WHERE {w} ORDER BY {k}",
+            k = names.join(", "),
+            v = vals.join(", "),
+            t = self.my_table
+        )
     }
 
     fn pg_rows(&self, w: &str) -> String {
@@ -324,41 +385,88 @@ mod tests {
     fn plan() -> TablePlan {
         let schema = TableSchema {
             columns: vec![
-                ColumnSchema { name: "a".into(), ty: ColumnType::Int { unsigned: false }, nullable: false },
-                ColumnSchema { name: "b".into(), ty: ColumnType::BigInt { unsigned: true }, nullable: false },
-                ColumnSchema { name: "j".into(), ty: ColumnType::Json, nullable: true },
+                ColumnSchema {
+                    name: "a".into(),
+                    ty: ColumnType::Int { unsigned: false },
+                    nullable: false,
+                },
+                ColumnSchema {
+                    name: "b".into(),
+                    ty: ColumnType::BigInt { unsigned: true },
+                    nullable: false,
+                },
+                ColumnSchema {
+                    name: "j".into(),
+                    ty: ColumnType::Json,
+                    nullable: true,
+                },
             ],
             primary_key: vec!["a".into(), "b".into()],
         };
-        let pg: HashMap<String, String> = [("a", "int4"), ("b", "numeric"), ("j", "jsonb"), ("_cdc_version", "numeric"), ("_cdc_deleted", "bool")]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let pg: HashMap<String, String> = [
+            ("a", "int4"),
+            ("b", "numeric"),
+            ("j", "jsonb"),
+            ("_cdc_version", "numeric"),
+            ("_cdc_deleted", "bool"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
         TablePlan::new(TableId::new("shop", "t"), schema, "w", &pg).unwrap()
     }
 
     #[test]
     fn composite_ranges_expand_for_the_optimiser() {
         let p = plan();
-        let r = Range { lo: Some(vec![1, 2]), hi: Some(vec![3, 4]) };
+        let r = Range {
+            lo: Some(vec![1, 2]),
+            hi: Some(vec![3, 4]),
+        };
         let sql = p.my_rows_in(&r);
-        assert!(sql.contains("((`a` > 1) OR (`a` = 1 AND `b` > 2)) AND NOT ((`a` > 3) OR (`a` = 3 AND `b` > 4))"), "{sql}");
-        assert!(p.pg_digest(&Range::default()).contains("WHERE (TRUE) AND NOT _cdc_deleted"));
-        assert!(p.my_rows_for(&[vec![1, 2], vec![5, 6]]).contains("(`a`, `b`) IN ((1, 2), (5, 6))"));
-        assert_eq!(p.key_json(&vec![-1, 18446744073709551615]), r#"{"a":-1,"b":18446744073709551615}"#);
+        assert!(
+            sql.contains(
+                "((`a` > 1) OR (`a` = 1 AND `b` > 2)) AND NOT ((`a` > 3) OR (`a` = 3 AND `b` > 4))"
+            ),
+            "{sql}"
+        );
+        assert!(p
+            .pg_digest(&Range::default())
+            .contains("WHERE (TRUE) AND NOT _cdc_deleted"));
+        assert!(p
+            .my_rows_for(&[vec![1, 2], vec![5, 6]])
+            .contains("(`a`, `b`) IN ((1, 2), (5, 6))"));
+        assert_eq!(
+            p.key_json(&vec![-1, 18446744073709551615]),
+            r#"{"a":-1,"b":18446744073709551615}"#
+        );
     }
 
     #[test]
     fn text_keys_and_missing_columns_are_refused() {
         let schema = TableSchema {
-            columns: vec![ColumnSchema { name: "k".into(), ty: ColumnType::Text { max_len: None }, nullable: false }],
+            columns: vec![ColumnSchema {
+                name: "k".into(),
+                ty: ColumnType::Text { max_len: None },
+                nullable: false,
+            }],
             primary_key: vec!["k".into()],
         };
-        let pg: HashMap<String, String> =
-            [("k", "text"), ("_cdc_version", "numeric"), ("_cdc_deleted", "bool")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
-        let e = TablePlan::new(TableId::new("d", "t"), schema.clone(), "w", &pg).unwrap_err().to_string();
+        let pg: HashMap<String, String> = [
+            ("k", "text"),
+            ("_cdc_version", "numeric"),
+            ("_cdc_deleted", "bool"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.into(), b.into()))
+        .collect();
+        let e = TablePlan::new(TableId::new("d", "t"), schema.clone(), "w", &pg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("integer primary keys"), "{e}");
-        let e = TablePlan::new(TableId::new("d", "t"), schema, "w", &HashMap::new()).unwrap_err().to_string();
+        let e = TablePlan::new(TableId::new("d", "t"), schema, "w", &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

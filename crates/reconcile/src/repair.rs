@@ -41,9 +41,18 @@ async fn ensure_topic(r: &Reconciler, topic: &str) -> Result<(), ReconcileError>
     for (k, v) in &r.kafka.properties {
         c.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| ReconcileError::Kafka(e.to_string()))?;
-    let t = NewTopic::new(topic, r.kafka.partitions, TopicReplication::Fixed(r.kafka.replication_factor));
-    let res = admin.create_topics([&t], &AdminOptions::new()).await.map_err(|e| ReconcileError::Kafka(e.to_string()))?;
+    let admin: AdminClient<DefaultClientContext> = c
+        .create()
+        .map_err(|e| ReconcileError::Kafka(e.to_string()))?;
+    let t = NewTopic::new(
+        topic,
+        r.kafka.partitions,
+        TopicReplication::Fixed(r.kafka.replication_factor),
+    );
+    let res = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .map_err(|e| ReconcileError::Kafka(e.to_string()))?;
     for x in res {
         if let Err((t, e)) = x {
             if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
@@ -61,7 +70,11 @@ async fn ensure_topic(r: &Reconciler, topic: &str) -> Result<(), ReconcileError>
 /// (`binlog_reader::snapshot::read_rows_consistent`): a consistent-snapshot transaction whose
 /// binlog position (`binlog_snapshot_position`) is exactly the read view's, and the snapshot
 /// encoder, so a repair event is byte for byte what a snapshot of those rows would produce.
-pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [(Candidate, bool)]) -> Result<u64, ReconcileError> {
+pub(crate) async fn repair(
+    r: &Reconciler,
+    plan: &TablePlan,
+    differences: &mut [(Candidate, bool)],
+) -> Result<u64, ReconcileError> {
     if r.flavor == Flavor::Mysql {
         return Err(ReconcileError::Definite(
             "--repair needs a MariaDB source: MySQL has no binlog position exactly consistent with a read view, so a repair event could lose a concurrent update (docs/decisions/0002-snapshot-consistency.md); the report above is still exact".into(),
@@ -76,21 +89,34 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
     let mut produced = 0u64;
     for batch in differences.chunks_mut(1000) {
         let keys: Vec<Key> = batch.iter().map(|(c, _)| c.key.clone()).collect();
-        let read = binlog_reader::snapshot::read_rows_consistent(&mut conn, &plan.table, &plan.my_keys_where(&keys), ZeroDates::Null)
-            .await
-            .map_err(|e| ReconcileError::Definite(format!("reading the rows to repair: {e}")))?;
+        let read = binlog_reader::snapshot::read_rows_consistent(
+            &mut conn,
+            &plan.table,
+            &plan.my_keys_where(&keys),
+            ZeroDates::Null,
+        )
+        .await
+        .map_err(|e| ReconcileError::Definite(format!("reading the rows to repair: {e}")))?;
         let position = read.position;
         let version = version_at(&position)?;
         let mut current: HashMap<String, Map<String, Value>> = HashMap::new();
         for (key, image) in read.rows {
-            let image: Map<String, Value> = serde_json::from_str(&image).map_err(|e| ReconcileError::Definite(format!("row image: {e}")))?;
+            let image: Map<String, Value> = serde_json::from_str(&image)
+                .map_err(|e| ReconcileError::Definite(format!("row image: {e}")))?;
             current.insert(key, image);
         }
-        let ts_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let mut messages: Vec<(String, String, OwnedHeaders)> = Vec::new();
         let mut tombstones = Vec::new();
         for (c, repaired) in batch.iter_mut() {
-            let stale_guard = c.warehouse_version.as_deref().and_then(|v| Version::parse(v).ok()).is_some_and(|v| v >= version);
+            let stale_guard = c
+                .warehouse_version
+                .as_deref()
+                .and_then(|v| Version::parse(v).ok())
+                .is_some_and(|v| v >= version);
             if stale_guard {
                 tracing::warn!(
                     table = %plan.label,
@@ -141,10 +167,17 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
                 ts_ms,
                 schema: read.schema.clone(),
             };
-            let payload = serde_json::to_string(&event).map_err(|e| ReconcileError::Kafka(e.to_string()))?;
+            let payload =
+                serde_json::to_string(&event).map_err(|e| ReconcileError::Kafka(e.to_string()))?;
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "cdc_event_id", value: Some(event.source.event_id.0.as_bytes()) })
-                .insert(Header { key: "cdc_version", value: Some(version.to_string().as_bytes()) });
+                .insert(Header {
+                    key: "cdc_event_id",
+                    value: Some(event.source.event_id.0.as_bytes()),
+                })
+                .insert(Header {
+                    key: "cdc_version",
+                    value: Some(version.to_string().as_bytes()),
+                });
             if op == Op::Delete && r.cfg.tombstones {
                 tombstones.push(key_json.clone());
             }
@@ -154,18 +187,35 @@ pub(crate) async fn repair(r: &Reconciler, plan: &TablePlan, differences: &mut [
         }
         let deliveries: Vec<_> = messages
             .iter()
-            .map(|(k, p, h)| producer.send(FutureRecord::to(&topic).key(k.as_str()).payload(p.as_str()).headers(h.clone()), Duration::from_secs(30)))
+            .map(|(k, p, h)| {
+                producer.send(
+                    FutureRecord::to(&topic)
+                        .key(k.as_str())
+                        .payload(p.as_str())
+                        .headers(h.clone()),
+                    Duration::from_secs(30),
+                )
+            })
             .collect();
         for d in futures::future::join_all(deliveries).await {
-            d.map_err(|(e, _)| ReconcileError::Kafka(format!("producing a repair event to {topic}: {e}")))?;
+            d.map_err(|(e, _)| {
+                ReconcileError::Kafka(format!("producing a repair event to {topic}: {e}"))
+            })?;
         }
         // Tombstones after their deletes were acknowledged: same key, same partition, later offset.
         let sends: Vec<_> = tombstones
             .iter()
-            .map(|k| producer.send(FutureRecord::<str, str>::to(&topic).key(k.as_str()), Duration::from_secs(30)))
+            .map(|k| {
+                producer.send(
+                    FutureRecord::<str, str>::to(&topic).key(k.as_str()),
+                    Duration::from_secs(30),
+                )
+            })
             .collect();
         for d in futures::future::join_all(sends).await {
-            d.map_err(|(e, _)| ReconcileError::Kafka(format!("producing a tombstone to {topic}: {e}")))?;
+            d.map_err(|(e, _)| {
+                ReconcileError::Kafka(format!("producing a tombstone to {topic}: {e}"))
+            })?;
         }
     }
     tracing::info!(table = %plan.label, topic = %topic, events = produced, "repair events produced");

@@ -114,7 +114,10 @@ impl Report {
         if self.is_clean() {
             s.push_str("  OK: the warehouse equals the source");
             if self.in_flight > 0 {
-                s.push_str(&format!(" ({} rows were changing and converged during the re-check)", self.in_flight));
+                s.push_str(&format!(
+                    " ({} rows were changing and converged during the re-check)",
+                    self.in_flight
+                ));
             }
             s.push('\n');
             return s;
@@ -126,19 +129,31 @@ impl Report {
             }
             s.push_str(&format!("  {}: {}\n", kind.as_str(), ds.len()));
             for d in ds.iter().take(20) {
-                let cols = if d.columns.is_empty() { String::new() } else { format!(" columns {}", d.columns.join(", ")) };
+                let cols = if d.columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(" columns {}", d.columns.join(", "))
+                };
                 s.push_str(&format!("    {}{cols}\n", d.key));
             }
             if ds.len() > 20 {
-                s.push_str(&format!("    ... and {} more (see the report file)\n", ds.len() - 20));
+                s.push_str(&format!(
+                    "    ... and {} more (see the report file)\n",
+                    ds.len() - 20
+                ));
             }
         }
         let not_listed: u64 = self.not_listed.iter().sum();
         if not_listed > 0 {
-            s.push_str(&format!("  {not_listed} more differences not listed (reconcile.max_differences)\n"));
+            s.push_str(&format!(
+                "  {not_listed} more differences not listed (reconcile.max_differences)\n"
+            ));
         }
         if self.in_flight > 0 {
-            s.push_str(&format!("  {} rows were changing and converged during the re-check (not drift)\n", self.in_flight));
+            s.push_str(&format!(
+                "  {} rows were changing and converged during the re-check (not drift)\n",
+                self.in_flight
+            ));
         }
         if self.repaired > 0 {
             s.push_str(&format!("  repair: {} change events produced; the applier applies them like any other change\n", self.repaired));
@@ -157,7 +172,13 @@ impl Report {
             body: &'a T,
         }
         for d in &self.differences {
-            serde_json::to_writer(&mut *out, &Line { ty: "difference", body: d })?;
+            serde_json::to_writer(
+                &mut *out,
+                &Line {
+                    ty: "difference",
+                    body: d,
+                },
+            )?;
             out.write_all(b"\n")?;
         }
         #[derive(Serialize)]
@@ -189,13 +210,22 @@ impl Report {
             repaired: self.repaired,
             duration_seconds: self.duration_seconds,
         };
-        serde_json::to_writer(&mut *out, &Line { ty: "summary", body: &s })?;
+        serde_json::to_writer(
+            &mut *out,
+            &Line {
+                ty: "summary",
+                body: &s,
+            },
+        )?;
         out.write_all(b"\n")
     }
 
     /// Writes the JSON-lines report to `path` (replacing it).
     pub fn write_file(&self, path: &str) -> Result<(), ReconcileError> {
-        let err = |source| ReconcileError::Report { path: path.to_string(), source };
+        let err = |source| ReconcileError::Report {
+            path: path.to_string(),
+            source,
+        };
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
         self.write_jsonl(&mut f).map_err(err)?;
         f.flush().map_err(err)

@@ -105,8 +105,15 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new(rows_per_second: u64) -> Self {
-        let per_row = if rows_per_second == 0 { Duration::ZERO } else { Duration::from_nanos(1_000_000_000 / rows_per_second.max(1)) };
-        RateLimiter { per_row, next: Mutex::new(Instant::now()) }
+        let per_row = if rows_per_second == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(1_000_000_000 / rows_per_second.max(1))
+        };
+        RateLimiter {
+            per_row,
+            next: Mutex::new(Instant::now()),
+        }
     }
 
     async fn acquire(&self, rows: u64) {
@@ -139,7 +146,10 @@ impl Reconciler {
         let constraints = mysql_async::PoolConstraints::new(0, cfg.parallelism + 2)
             .ok_or_else(|| ReconcileError::Definite("bad pool size".into()))?;
         let opts = mysql_async::OptsBuilder::from_opts(opts)
-            .init(vec!["SET time_zone = '+00:00', NAMES utf8mb4", "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"])
+            .init(vec![
+                "SET time_zone = '+00:00', NAMES utf8mb4",
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            ])
             .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
         let my = mysql_async::Pool::new(opts);
         let flavor = {
@@ -180,7 +190,11 @@ impl Reconciler {
         let plan = Arc::new(self.plan(table).await?);
         let mut report = Report {
             table: plan.label.clone(),
-            warehouse_table: format!("{}.{}", self.warehouse.target_schema(&table.db), table.table),
+            warehouse_table: format!(
+                "{}.{}",
+                self.warehouse.target_schema(&table.db),
+                table.table
+            ),
             ..Report::default()
         };
         metrics::init(std::slice::from_ref(&plan.label));
@@ -196,7 +210,13 @@ impl Reconciler {
                 async move {
                     let (mut conn, lo) = state?;
                     match next_bound(&mut conn, &plan, lo.as_ref(), chunk_rows).await {
-                        Ok(Some(hi)) => Some((Ok(Range { lo, hi: Some(hi.clone()) }), Some((conn, Some(hi))))),
+                        Ok(Some(hi)) => Some((
+                            Ok(Range {
+                                lo,
+                                hi: Some(hi.clone()),
+                            }),
+                            Some((conn, Some(hi))),
+                        )),
                         Ok(None) => Some((Ok(Range { lo, hi: None }), None)),
                         Err(e) => Some((Err(e), None)),
                     }
@@ -215,7 +235,11 @@ impl Reconciler {
             report.rows_checked += o.source_rows;
             report.warehouse_rows += o.warehouse_rows;
             report.chunks_mismatched += o.drilled as u64;
-            metrics::RowsChecked { table: &plan.label, rows: o.source_rows }.emit();
+            metrics::RowsChecked {
+                table: &plan.label,
+                rows: o.source_rows,
+            }
+            .emit();
             for c in o.candidates {
                 if candidates.len() < self.cfg.max_differences {
                     candidates.push(c);
@@ -227,11 +251,13 @@ impl Reconciler {
 
         let (persisting, converged) = self.recheck(&plan, candidates).await?;
         report.in_flight = converged;
-        let mut differences: Vec<(Candidate, bool)> = persisting.into_iter().map(|c| (c, false)).collect();
+        let mut differences: Vec<(Candidate, bool)> =
+            persisting.into_iter().map(|c| (c, false)).collect();
         if repair && !differences.is_empty() {
             report.repaired = crate::repair::repair(self, &plan, &mut differences).await?;
         }
-        differences.sort_by(|a, b| (a.0.kind as usize, &a.0.key).cmp(&(b.0.kind as usize, &b.0.key)));
+        differences
+            .sort_by(|a, b| (a.0.kind as usize, &a.0.key).cmp(&(b.0.kind as usize, &b.0.key)));
         report.differences = differences
             .into_iter()
             .map(|(c, repaired)| Difference {
@@ -257,12 +283,23 @@ impl Reconciler {
         TablePlan::new(table.clone(), source, pg_schema, &pg_cols)
     }
 
-    async fn check_chunk(&self, plan: &TablePlan, range: Range) -> Result<ChunkOutcome, ReconcileError> {
+    async fn check_chunk(
+        &self,
+        plan: &TablePlan,
+        range: Range,
+    ) -> Result<ChunkOutcome, ReconcileError> {
         self.limiter.acquire(self.cfg.chunk_rows).await;
         let mut conn = self.my.get_conn().await?;
-        let (s, w) = tokio::join!(source_digest(&mut conn, plan, &range), warehouse_digest(&self.pg, plan, &range));
+        let (s, w) = tokio::join!(
+            source_digest(&mut conn, plan, &range),
+            warehouse_digest(&self.pg, plan, &range)
+        );
         let (s, w) = (s?, w?);
-        let mut out = ChunkOutcome { source_rows: s.0, warehouse_rows: w.0, ..Default::default() };
+        let mut out = ChunkOutcome {
+            source_rows: s.0,
+            warehouse_rows: w.0,
+            ..Default::default()
+        };
         if s == w {
             return Ok(out);
         }
@@ -278,11 +315,16 @@ impl Reconciler {
 
     /// Re-reads differing rows until they converge or `recheck_timeout_ms` passes; returns what
     /// persisted and how many converged.
-    async fn recheck(&self, plan: &TablePlan, mut pending: Vec<Candidate>) -> Result<(Vec<Candidate>, u64), ReconcileError> {
+    async fn recheck(
+        &self,
+        plan: &TablePlan,
+        mut pending: Vec<Candidate>,
+    ) -> Result<(Vec<Candidate>, u64), ReconcileError> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.recheck_timeout_ms);
         let mut converged = 0;
         while !pending.is_empty() && Instant::now() < deadline {
-            let pause = Duration::from_millis(self.cfg.recheck_interval_ms).min(deadline.saturating_duration_since(Instant::now()));
+            let pause = Duration::from_millis(self.cfg.recheck_interval_ms)
+                .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             let mut conn = self.my.get_conn().await?;
             let mut next = Vec::with_capacity(pending.len());
@@ -303,7 +345,10 @@ impl Reconciler {
 
 /// The source's current binlog position (`SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` on
 /// MySQL 8.2+).
-pub(crate) async fn source_position(conn: &mut mysql_async::Conn, flavor: Flavor) -> Result<BinlogPosition, ReconcileError> {
+pub(crate) async fn source_position(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+) -> Result<BinlogPosition, ReconcileError> {
     let sql = match flavor {
         Flavor::Mariadb => "SHOW MASTER STATUS",
         Flavor::Mysql => "SHOW BINARY LOG STATUS",
@@ -316,7 +361,9 @@ pub(crate) async fn source_position(conn: &mut mysql_async::Conn, flavor: Flavor
     let pos: Option<u64> = row.get(1);
     match (file, pos) {
         (Some(file), Some(pos)) => Ok(BinlogPosition { file, pos }),
-        _ => Err(ReconcileError::Definite(format!("cannot read the binlog position from {sql}"))),
+        _ => Err(ReconcileError::Definite(format!(
+            "cannot read the binlog position from {sql}"
+        ))),
     }
 }
 
@@ -332,25 +379,39 @@ fn parse_key(texts: impl Iterator<Item = Option<String>>) -> Result<Key, Reconci
         .map(|t| {
             t.as_deref()
                 .and_then(|t| t.parse::<i128>().ok())
-                .ok_or_else(|| ReconcileError::Definite(format!("key value {t:?} is not an integer")))
+                .ok_or_else(|| {
+                    ReconcileError::Definite(format!("key value {t:?} is not an integer"))
+                })
         })
         .collect()
 }
 
-async fn next_bound(conn: &mut mysql_async::Conn, plan: &TablePlan, lo: Option<&Key>, n: u64) -> Result<Option<Key>, ReconcileError> {
+async fn next_bound(
+    conn: &mut mysql_async::Conn,
+    plan: &TablePlan,
+    lo: Option<&Key>,
+    n: u64,
+) -> Result<Option<Key>, ReconcileError> {
     let row: Option<mysql_async::Row> = conn.query_first(plan.my_next_bound(lo, n)).await?;
     match row {
         None => Ok(None),
-        Some(row) => Ok(Some(parse_key((0..plan.key.len()).map(|i| text(&row, i).map(str::to_string)))?)),
+        Some(row) => Ok(Some(parse_key(
+            (0..plan.key.len()).map(|i| text(&row, i).map(str::to_string)),
+        )?)),
     }
 }
 
 /// `(count, xor)` of the source rows of a range.
-async fn source_digest(conn: &mut mysql_async::Conn, plan: &TablePlan, range: &Range) -> Result<(u64, u64), ReconcileError> {
+async fn source_digest(
+    conn: &mut mysql_async::Conn,
+    plan: &TablePlan,
+    range: &Range,
+) -> Result<(u64, u64), ReconcileError> {
     let sql = plan.my_digest(range);
     if !plan.has_rust {
         let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
-        let row = row.ok_or_else(|| ReconcileError::Definite("digest query returned nothing".into()))?;
+        let row =
+            row.ok_or_else(|| ReconcileError::Definite("digest query returned nothing".into()))?;
         let n = text(&row, 0).and_then(|t| t.parse().ok()).unwrap_or(0);
         let x = text(&row, 1).and_then(|t| t.parse().ok()).unwrap_or(0);
         return Ok((n, x));
@@ -362,16 +423,27 @@ async fn source_digest(conn: &mut mysql_async::Conn, plan: &TablePlan, range: &R
     let mut result = conn.query_iter(sql).await?;
     let mut acc = Accumulator::default();
     while let Some(row) = result.next().await? {
-        acc.add(text(&row, 0).unwrap_or(""), rust.iter().enumerate().map(|(j, r)| text(&row, 1 + j).map(|t| r.source(t))));
+        acc.add(
+            text(&row, 0).unwrap_or(""),
+            rust.iter()
+                .enumerate()
+                .map(|(j, r)| text(&row, 1 + j).map(|t| r.source(t))),
+        );
     }
     Ok((acc.count, acc.xor))
 }
 
 /// `(count, xor)` of the live warehouse rows of a range.
-async fn warehouse_digest(pool: &sqlx::PgPool, plan: &TablePlan, range: &Range) -> Result<(u64, u64), ReconcileError> {
+async fn warehouse_digest(
+    pool: &sqlx::PgPool,
+    plan: &TablePlan,
+    range: &Range,
+) -> Result<(u64, u64), ReconcileError> {
     let sql = plan.pg_digest(range);
     if !plan.pg_rust {
-        let (n, x) = sqlx::query_as::<_, (i64, i64)>(&sql).fetch_one(pool).await?;
+        let (n, x) = sqlx::query_as::<_, (i64, i64)>(&sql)
+            .fetch_one(pool)
+            .await?;
         return Ok((n as u64, x as u64));
     }
     let rust: Vec<RustCanon> = plan.cols.iter().filter_map(|c| c.rust).collect();
@@ -379,8 +451,15 @@ async fn warehouse_digest(pool: &sqlx::PgPool, plan: &TablePlan, range: &Range) 
     let mut acc = Accumulator::default();
     while let Some(row) = rows.try_next().await? {
         let s: String = row.try_get(0)?;
-        let vals: Vec<Option<String>> = (0..rust.len()).map(|j| row.try_get::<Option<String>, _>(1 + j)).collect::<Result<_, _>>()?;
-        acc.add(&s, rust.iter().zip(&vals).map(|(r, v)| v.as_deref().map(|t| r.warehouse(t))));
+        let vals: Vec<Option<String>> = (0..rust.len())
+            .map(|j| row.try_get::<Option<String>, _>(1 + j))
+            .collect::<Result<_, _>>()?;
+        acc.add(
+            &s,
+            rust.iter()
+                .zip(&vals)
+                .map(|(r, v)| v.as_deref().map(|t| r.warehouse(t))),
+        );
     }
     Ok((acc.count, acc.xor))
 }
@@ -407,7 +486,11 @@ impl Accumulator {
 }
 
 /// Source rows with canonical values (JSON brought to canonical text), by key.
-pub(crate) async fn source_rows(conn: &mut mysql_async::Conn, plan: &TablePlan, sql: &str) -> Result<BTreeMap<Key, CanonRow>, ReconcileError> {
+pub(crate) async fn source_rows(
+    conn: &mut mysql_async::Conn,
+    plan: &TablePlan,
+    sql: &str,
+) -> Result<BTreeMap<Key, CanonRow>, ReconcileError> {
     let nk = plan.key.len();
     let rows: Vec<mysql_async::Row> = conn.query(sql).await?;
     let mut out = BTreeMap::new();
@@ -425,13 +508,24 @@ pub(crate) async fn source_rows(conn: &mut mysql_async::Conn, plan: &TablePlan, 
                 }
             })
             .collect();
-        out.insert(key, CanonRow { vals, deleted: false, version: None });
+        out.insert(
+            key,
+            CanonRow {
+                vals,
+                deleted: false,
+                version: None,
+            },
+        );
     }
     Ok(out)
 }
 
 /// Warehouse rows (soft-deleted ones included) with canonical values, by key.
-pub(crate) async fn warehouse_rows(pool: &sqlx::PgPool, plan: &TablePlan, sql: &str) -> Result<BTreeMap<Key, CanonRow>, ReconcileError> {
+pub(crate) async fn warehouse_rows(
+    pool: &sqlx::PgPool,
+    plan: &TablePlan,
+    sql: &str,
+) -> Result<BTreeMap<Key, CanonRow>, ReconcileError> {
     let nk = plan.key.len();
     let rows = sqlx::query(sql).fetch_all(pool).await?;
     let mut out = BTreeMap::new();
@@ -447,7 +541,14 @@ pub(crate) async fn warehouse_rows(pool: &sqlx::PgPool, plan: &TablePlan, sql: &
         }
         let deleted: bool = row.try_get(nk + plan.cols.len())?;
         let version: Option<String> = row.try_get(nk + plan.cols.len() + 1)?;
-        out.insert(key, CanonRow { vals, deleted, version });
+        out.insert(
+            key,
+            CanonRow {
+                vals,
+                deleted,
+                version,
+            },
+        );
     }
     Ok(out)
 }
@@ -466,7 +567,9 @@ pub(crate) fn diff(
         let w = warehouse.get(key);
         let found = match (s, w) {
             (Some(_), None) => Some((Kind::Missing, Vec::new())),
-            (Some(_), Some(w)) if w.deleted => Some((Kind::Missing, vec!["_cdc_deleted".to_string()])),
+            (Some(_), Some(w)) if w.deleted => {
+                Some((Kind::Missing, vec!["_cdc_deleted".to_string()]))
+            }
             (None, Some(w)) if !w.deleted => Some((Kind::Extra, Vec::new())),
             (None, _) => None,
             (Some(s), Some(w)) => {

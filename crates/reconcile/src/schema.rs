@@ -25,12 +25,32 @@ pub enum Flavor {
 /// Reads the server flavor from `VERSION()`.
 pub async fn flavor(conn: &mut mysql_async::Conn) -> Result<Flavor, ReconcileError> {
     let v: Option<String> = conn.query_first("SELECT VERSION()").await?;
-    Ok(if v.unwrap_or_default().to_ascii_lowercase().contains("mariadb") { Flavor::Mariadb } else { Flavor::Mysql })
+    Ok(
+        if v.unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("mariadb")
+        {
+            Flavor::Mariadb
+        } else {
+            Flavor::Mysql
+        },
+    )
 }
 
 /// Reads the source table's columns and primary key.
-pub async fn source_schema(conn: &mut mysql_async::Conn, table: &TableId) -> Result<TableSchema, ReconcileError> {
-    type Row = (String, String, String, Option<u64>, Option<u64>, Option<u64>, String);
+pub async fn source_schema(
+    conn: &mut mysql_async::Conn,
+    table: &TableId,
+) -> Result<TableSchema, ReconcileError> {
+    type Row = (
+        String,
+        String,
+        String,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        String,
+    );
     let rows: Vec<Row> = conn
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, IS_NULLABLE \
@@ -67,14 +87,33 @@ pub async fn source_schema(conn: &mut mysql_async::Conn, table: &TableId) -> Res
     for (name, data_type, column_type, precision, scale, dt_precision, nullable) in rows {
         let json_check = checks.iter().any(|c| {
             let c = c.to_ascii_lowercase();
-            c.contains("json_valid") && (c.contains(&format!("`{}`", name.to_ascii_lowercase())) || c.contains(&format!("({})", name.to_ascii_lowercase())))
+            c.contains("json_valid")
+                && (c.contains(&format!("`{}`", name.to_ascii_lowercase()))
+                    || c.contains(&format!("({})", name.to_ascii_lowercase())))
         });
-        let ty = column_type_of(&data_type, &column_type, precision, scale, dt_precision, json_check).ok_or_else(|| {
-            ReconcileError::Definite(format!("source column {table}.{name}: type {column_type} is not supported"))
+        let ty = column_type_of(
+            &data_type,
+            &column_type,
+            precision,
+            scale,
+            dt_precision,
+            json_check,
+        )
+        .ok_or_else(|| {
+            ReconcileError::Definite(format!(
+                "source column {table}.{name}: type {column_type} is not supported"
+            ))
         })?;
-        columns.push(ColumnSchema { name, ty, nullable: nullable == "YES" });
+        columns.push(ColumnSchema {
+            name,
+            ty,
+            nullable: nullable == "YES",
+        });
     }
-    Ok(TableSchema { columns, primary_key })
+    Ok(TableSchema {
+        columns,
+        primary_key,
+    })
 }
 
 /// Maps `information_schema.COLUMNS` facts to the change-event column type.
@@ -100,7 +139,9 @@ pub fn column_type_of(
         },
         "float" => ColumnType::Float,
         "double" | "real" => ColumnType::Double,
-        "bit" => ColumnType::Bit { bits: precision.unwrap_or(1).clamp(1, 64) as u8 },
+        "bit" => ColumnType::Bit {
+            bits: precision.unwrap_or(1).clamp(1, 64) as u8,
+        },
         "date" => ColumnType::Date,
         "datetime" => ColumnType::DateTime { fsp },
         "timestamp" => ColumnType::Timestamp { fsp },
@@ -113,16 +154,21 @@ pub fn column_type_of(
                 ColumnType::Text { max_len: None }
             }
         }
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnType::Binary,
-        "enum" => ColumnType::Enum { values: binlog_reader::table::parse_labels(column_type) },
-        "set" => ColumnType::Set { values: binlog_reader::table::parse_labels(column_type) },
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            ColumnType::Binary
+        }
+        "enum" => ColumnType::Enum {
+            values: binlog_reader::table::parse_labels(column_type),
+        },
+        "set" => ColumnType::Set {
+            values: binlog_reader::table::parse_labels(column_type),
+        },
         "json" => ColumnType::Json,
-        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-        | "geometrycollection" | "geomcollection" => ColumnType::Geometry,
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => ColumnType::Geometry,
         _ => return None,
     })
 }
-
 
 /// The warehouse table's columns: name → PostgreSQL type name (`pg_type.typname`, e.g. `int8`,
 /// `numeric`, `timestamptz`, `interval`, `bit`, `jsonb`).
@@ -151,18 +197,50 @@ mod tests {
     #[test]
     fn information_schema_types_map_like_the_reader() {
         let cases = [
-            (("bigint", "bigint(20) unsigned", None, None, None, false), ColumnType::BigInt { unsigned: true }),
-            (("decimal", "decimal(12,2)", Some(12), Some(2), None, false), ColumnType::Decimal { precision: 12, scale: 2 }),
-            (("datetime", "datetime(6)", None, None, Some(6), false), ColumnType::DateTime { fsp: 6 }),
-            (("longtext", "longtext", None, None, None, true), ColumnType::Json),
-            (("longtext", "longtext", None, None, None, false), ColumnType::Text { max_len: None }),
-            (("bit", "bit(5)", Some(5), None, None, false), ColumnType::Bit { bits: 5 }),
-            (("enum", "enum('a','b''c')", None, None, None, false), ColumnType::Enum { values: vec!["a".into(), "b'c".into()] }),
-            (("varbinary", "varbinary(4)", None, None, None, false), ColumnType::Binary),
+            (
+                ("bigint", "bigint(20) unsigned", None, None, None, false),
+                ColumnType::BigInt { unsigned: true },
+            ),
+            (
+                ("decimal", "decimal(12,2)", Some(12), Some(2), None, false),
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+            (
+                ("datetime", "datetime(6)", None, None, Some(6), false),
+                ColumnType::DateTime { fsp: 6 },
+            ),
+            (
+                ("longtext", "longtext", None, None, None, true),
+                ColumnType::Json,
+            ),
+            (
+                ("longtext", "longtext", None, None, None, false),
+                ColumnType::Text { max_len: None },
+            ),
+            (
+                ("bit", "bit(5)", Some(5), None, None, false),
+                ColumnType::Bit { bits: 5 },
+            ),
+            (
+                ("enum", "enum('a','b''c')", None, None, None, false),
+                ColumnType::Enum {
+                    values: vec!["a".into(), "b'c".into()],
+                },
+            ),
+            (
+                ("varbinary", "varbinary(4)", None, None, None, false),
+                ColumnType::Binary,
+            ),
         ];
         for ((d, c, p, s, f, j), want) in cases {
             assert_eq!(column_type_of(d, c, p, s, f, j), Some(want), "{c}");
         }
-        assert_eq!(column_type_of("vector", "vector(3)", None, None, None, false), None);
+        assert_eq!(
+            column_type_of("vector", "vector(3)", None, None, None, false),
+            None
+        );
     }
 }

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async move {
         let shutdown = cdc_telemetry::shutdown_signal();
         let health = cdc_telemetry::Health::new();

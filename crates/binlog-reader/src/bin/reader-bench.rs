@@ -52,8 +52,16 @@ async fn prepare(rows: u64, one_tx: bool) {
     ))
     .await
     .expect("create table");
-    let gtid: String = c.query_first("SELECT @@GLOBAL.gtid_binlog_pos").await.unwrap().unwrap_or_default();
-    let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().expect("binlog on");
+    let gtid: String = c
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let row: mysql_async::Row = c
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .expect("binlog on");
     let (file, pos): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
     std::fs::write(state_file(), format!("{gtid}\n{file}\n{pos}\n{rows}\n")).expect("write state");
     let t = Instant::now();
@@ -112,7 +120,10 @@ async fn prepare(rows: u64, one_tx: bool) {
     for t in tasks {
         t.await.unwrap();
     }
-    println!("prepare: wrote {rows} rows in {:.1} s; start position {file}:{pos} gtid {gtid:?}", t.elapsed().as_secs_f64());
+    println!(
+        "prepare: wrote {rows} rows in {:.1} s; start position {file}:{pos} gtid {gtid:?}",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 async fn run(rows_override: Option<u64>) {
@@ -147,21 +158,33 @@ async fn run(rows_override: Option<u64>) {
     };
     let topic = reader.checkpoint_topic(&name);
     let sink = binlog_reader::kafka::Sink::new(&f.kafka, &reader, topic.clone()).expect("sink");
-    sink.ensure_topics(std::slice::from_ref(&topic)).await.expect("checkpoint topic");
-    sink.save_checkpoint(&name, &cp).await.expect("seed checkpoint");
+    sink.ensure_topics(std::slice::from_ref(&topic))
+        .await
+        .expect("checkpoint topic");
+    sink.save_checkpoint(&name, &cp)
+        .await
+        .expect("seed checkpoint");
     drop(sink);
 
     let shutdown = cdc_telemetry::Shutdown::new();
     let health = cdc_telemetry::Health::new();
     let s2 = shutdown.clone();
     let t0 = Instant::now();
-    let task = tokio::spawn(async move { binlog_reader::run(&f.source, &f.kafka, &reader, health, s2).await });
+    let task =
+        tokio::spawn(
+            async move { binlog_reader::run(&f.source, &f.kafka, &reader, health, s2).await },
+        );
     let acked = || -> u64 {
         prometheus::default_registry()
             .gather()
             .iter()
             .filter(|m| m.name() == "cdcsync_reader_events_total")
-            .flat_map(|m| m.get_metric().iter().map(|x| x.get_counter().get_value() as u64).collect::<Vec<_>>())
+            .flat_map(|m| {
+                m.get_metric()
+                    .iter()
+                    .map(|x| x.get_counter().get_value() as u64)
+                    .collect::<Vec<_>>()
+            })
             .sum()
     };
     let mut last_print = Instant::now();
@@ -174,7 +197,10 @@ async fn run(rows_override: Option<u64>) {
             panic!("reader stopped: {:?}", task.await);
         }
         if last_print.elapsed() > Duration::from_secs(5) {
-            eprintln!("  {n} events acknowledged after {:.1} s", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "  {n} events acknowledged after {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -192,7 +218,11 @@ async fn run(rows_override: Option<u64>) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rows = args.get(2).and_then(|r| r.parse().ok());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     match args.get(1).map(String::as_str) {
         Some("prepare") => rt.block_on(prepare(rows.unwrap_or(1_000_000), false)),
         Some("prepare-one-tx") => rt.block_on(prepare(rows.unwrap_or(1_000_000), true)),

@@ -15,15 +15,25 @@ use mysql_async::Value;
 
 use crate::charset::Charset;
 use crate::config::ZeroDates;
-use crate::decode::{base64_into, frac, write_datetime, write_json, write_text, write_zero, DecodeError, Image};
+use crate::decode::{
+    base64_into, frac, write_datetime, write_json, write_text, write_zero, DecodeError, Image,
+};
 use crate::table::{Column, Kind, TableInfo};
 
 fn err(col: &Column, v: &Value) -> DecodeError {
-    DecodeError { column: col.name.clone(), problem: format!("unexpected value {v:?} from the snapshot SELECT") }
+    DecodeError {
+        column: col.name.clone(),
+        problem: format!("unexpected value {v:?} from the snapshot SELECT"),
+    }
 }
 
 /// Writes one row (values in table column order) as a JSON object into `out`.
-pub(crate) fn encode_row(table: &TableInfo, values: &[Value], zero: ZeroDates, out: &mut Image) -> Result<(), DecodeError> {
+pub(crate) fn encode_row(
+    table: &TableInfo,
+    values: &[Value],
+    zero: ZeroDates,
+    out: &mut Image,
+) -> Result<(), DecodeError> {
     out.json.clear();
     out.spans.clear();
     out.json.push(b'{');
@@ -41,7 +51,12 @@ pub(crate) fn encode_row(table: &TableInfo, values: &[Value], zero: ZeroDates, o
     Ok(())
 }
 
-fn encode_value(col: &Column, v: &Value, zero: ZeroDates, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+fn encode_value(
+    col: &Column,
+    v: &Value,
+    zero: ZeroDates,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     if matches!(v, Value::NULL) {
         out.extend_from_slice(b"null");
         return Ok(());
@@ -50,18 +65,33 @@ fn encode_value(col: &Column, v: &Value, zero: ZeroDates, out: &mut Vec<u8>) -> 
         (Kind::Int { .. } | Kind::Year, Value::Int(i)) => write_json(out, i),
         (Kind::Int { .. } | Kind::Year, Value::UInt(u)) => write_json(out, u),
         (Kind::Float, Value::Float(f)) => {
-            if f.is_finite() { write_json(out, f) } else { out.extend_from_slice(b"null") }
+            if f.is_finite() {
+                write_json(out, f)
+            } else {
+                out.extend_from_slice(b"null")
+            }
         }
         (Kind::Float, Value::Double(d)) => {
             let f = *d as f32;
-            if f.is_finite() { write_json(out, &f) } else { out.extend_from_slice(b"null") }
+            if f.is_finite() {
+                write_json(out, &f)
+            } else {
+                out.extend_from_slice(b"null")
+            }
         }
         (Kind::Double, Value::Double(d)) => {
-            if d.is_finite() { write_json(out, d) } else { out.extend_from_slice(b"null") }
+            if d.is_finite() {
+                write_json(out, d)
+            } else {
+                out.extend_from_slice(b"null")
+            }
         }
         (Kind::Decimal { .. }, Value::Bytes(b)) => {
             let s = std::str::from_utf8(b).map_err(|_| err(col, v))?;
-            if !s.bytes().all(|c| c.is_ascii_digit() || c == b'.' || c == b'-') {
+            if !s
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c == b'.' || c == b'-')
+            {
                 return Err(err(col, v));
             }
             out.push(b'"');
@@ -81,7 +111,9 @@ fn encode_value(col: &Column, v: &Value, zero: ZeroDates, out: &mut Vec<u8>) -> 
                 let _ = write!(out, "\"{y:04}-{m:02}-{d:02}\"");
             }
         }
-        (Kind::DateTime { fsp }, Value::Date(y, mo, d, h, mi, s, us)) => write_datetime(out, *y, *mo, *d, *h, *mi, *s, *us, *fsp, zero),
+        (Kind::DateTime { fsp }, Value::Date(y, mo, d, h, mi, s, us)) => {
+            write_datetime(out, *y, *mo, *d, *h, *mi, *s, *us, *fsp, zero)
+        }
         (Kind::Timestamp { fsp }, Value::Date(y, mo, d, h, mi, s, us)) => {
             if *y == 0 && *mo == 0 && *d == 0 {
                 write_zero(out, zero, "0000-00-00T00:00:00");
@@ -98,16 +130,29 @@ fn encode_value(col: &Column, v: &Value, zero: ZeroDates, out: &mut Vec<u8>) -> 
             frac(out, *us, *fsp);
             out.push(b'"');
         }
-        (Kind::VarString { charset, .. } | Kind::FixedString { charset, .. } | Kind::Blob { charset, .. }, Value::Bytes(b)) => {
+        (
+            Kind::VarString { charset, .. }
+            | Kind::FixedString { charset, .. }
+            | Kind::Blob { charset, .. },
+            Value::Bytes(b),
+        ) => {
             // The session converts every text column to utf8mb4; `binary` stays bytes.
-            let cs = if *charset == Charset::Binary { Charset::Binary } else { Charset::Utf8 };
+            let cs = if *charset == Charset::Binary {
+                Charset::Binary
+            } else {
+                Charset::Utf8
+            };
             write_text(out, b, cs, None, col)?;
         }
-        (Kind::JsonText { .. } | Kind::Json { .. }, Value::Bytes(b)) => match serde_json::from_slice::<serde_json::Value>(b) {
-            Ok(j) => write_json(out, &j),
-            Err(_) => write_text(out, b, Charset::Utf8, None, col)?,
-        },
-        (Kind::Enum { .. } | Kind::Set { .. }, Value::Bytes(b)) => write_text(out, b, Charset::Utf8, None, col)?,
+        (Kind::JsonText { .. } | Kind::Json { .. }, Value::Bytes(b)) => {
+            match serde_json::from_slice::<serde_json::Value>(b) {
+                Ok(j) => write_json(out, &j),
+                Err(_) => write_text(out, b, Charset::Utf8, None, col)?,
+            }
+        }
+        (Kind::Enum { .. } | Kind::Set { .. }, Value::Bytes(b)) => {
+            write_text(out, b, Charset::Utf8, None, col)?
+        }
         (Kind::Geometry { .. }, Value::Bytes(b)) => {
             out.push(b'"');
             base64_into(out, b);
@@ -140,7 +185,15 @@ pub(crate) struct ChunkCtx<'a> {
 
 /// Builds a snapshot event envelope, field for field as `cdc_event::ChangeEvent` serialises
 /// (and as the stream writes it), with `op = "r"`, `before = null`, `gtid = null`, `row = 0`.
-pub(crate) fn envelope(out: &mut Vec<u8>, ctx: &ChunkCtx<'_>, table: &TableInfo, after: &Image, event_id: &str, last: bool, now_ms: i64) {
+pub(crate) fn envelope(
+    out: &mut Vec<u8>,
+    ctx: &ChunkCtx<'_>,
+    table: &TableInfo,
+    after: &Image,
+    event_id: &str,
+    last: bool,
+    now_ms: i64,
+) {
     out.clear();
     out.extend_from_slice(b"{\"before\":null,\"after\":");
     out.extend_from_slice(&after.json);
@@ -157,7 +210,11 @@ pub(crate) fn envelope(out: &mut Vec<u8>, ctx: &ChunkCtx<'_>, table: &TableInfo,
     write_json(out, ctx.file);
     let _ = write!(out, ",\"pos\":{},\"row\":0,\"event_id\":", ctx.pos);
     write_json(out, event_id);
-    let _ = write!(out, ",\"cdc_version\":\"{}\"}},\"op\":\"r\",\"ts_ms\":{now_ms},\"schema\":", ctx.version);
+    let _ = write!(
+        out,
+        ",\"cdc_version\":\"{}\"}},\"op\":\"r\",\"ts_ms\":{now_ms},\"schema\":",
+        ctx.version
+    );
     out.extend_from_slice(table.schema_json.as_bytes());
     out.push(b'}');
 }
@@ -165,28 +222,81 @@ pub(crate) fn envelope(out: &mut Vec<u8>, ctx: &ChunkCtx<'_>, table: &TableInfo,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cdc_event::{BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker, TableId, TableSchema, Version};
+    use cdc_event::{
+        BinlogPosition, ChangeEvent, ColumnSchema, ColumnType, EventId, Op, SnapshotMarker,
+        TableId, TableSchema, Version,
+    };
     use std::sync::Arc;
 
     fn table() -> TableInfo {
         let cols = [
-            ("id", Kind::Int { bytes: 8, unsigned: true }, ColumnType::BigInt { unsigned: true }),
-            ("amount", Kind::Decimal { precision: 12, scale: 2 }, ColumnType::Decimal { precision: 12, scale: 2 }),
-            ("at", Kind::DateTime { fsp: 3 }, ColumnType::DateTime { fsp: 3 }),
-            ("ts", Kind::Timestamp { fsp: 0 }, ColumnType::Timestamp { fsp: 0 }),
+            (
+                "id",
+                Kind::Int {
+                    bytes: 8,
+                    unsigned: true,
+                },
+                ColumnType::BigInt { unsigned: true },
+            ),
+            (
+                "amount",
+                Kind::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+            (
+                "at",
+                Kind::DateTime { fsp: 3 },
+                ColumnType::DateTime { fsp: 3 },
+            ),
+            (
+                "ts",
+                Kind::Timestamp { fsp: 0 },
+                ColumnType::Timestamp { fsp: 0 },
+            ),
             ("t", Kind::Time { fsp: 1 }, ColumnType::Time { fsp: 1 }),
-            ("note", Kind::VarString { prefix: 0, charset: Charset::Latin1 }, ColumnType::Text { max_len: None }),
-            ("raw", Kind::Blob { prefix: 0, charset: Charset::Binary }, ColumnType::Binary),
+            (
+                "note",
+                Kind::VarString {
+                    prefix: 0,
+                    charset: Charset::Latin1,
+                },
+                ColumnType::Text { max_len: None },
+            ),
+            (
+                "raw",
+                Kind::Blob {
+                    prefix: 0,
+                    charset: Charset::Binary,
+                },
+                ColumnType::Binary,
+            ),
             ("doc", Kind::JsonText { prefix: 0 }, ColumnType::Json),
             ("b", Kind::Bit { bits: 9 }, ColumnType::Bit { bits: 9 }),
             ("d", Kind::Date, ColumnType::Date),
         ];
         let columns: Vec<Column> = cols
             .iter()
-            .map(|(n, k, _)| Column { name: n.to_string(), name_json: format!("\"{n}\":"), kind: k.clone() })
+            .map(|(n, k, _)| Column {
+                name: n.to_string(),
+                name_json: format!("\"{n}\":"),
+                kind: k.clone(),
+            })
             .collect();
         let schema = Arc::new(TableSchema {
-            columns: cols.iter().map(|(n, _, t)| ColumnSchema { name: n.to_string(), ty: t.clone(), nullable: true }).collect(),
+            columns: cols
+                .iter()
+                .map(|(n, _, t)| ColumnSchema {
+                    name: n.to_string(),
+                    ty: t.clone(),
+                    nullable: true,
+                })
+                .collect(),
             primary_key: vec!["id".into()],
         });
         TableInfo {
@@ -226,9 +336,17 @@ mod tests {
         );
         assert_eq!(img.key(&t), br#"{"id":18446744073709551615}"#);
 
-        let pos = BinlogPosition { file: "mysql-bin.000007".into(), pos: 4711 };
+        let pos = BinlogPosition {
+            file: "mysql-bin.000007".into(),
+            pos: 4711,
+        };
         let version = Version::at(&pos, 0).unwrap();
-        let id = EventId::snapshot("shop", &pos, "shop.orders", r#"{"id":18446744073709551615}"#);
+        let id = EventId::snapshot(
+            "shop",
+            &pos,
+            "shop.orders",
+            r#"{"id":18446744073709551615}"#,
+        );
         let ctx = ChunkCtx {
             name_json: "\"shop\"",
             connector: "mariadb",

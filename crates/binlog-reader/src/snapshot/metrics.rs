@@ -6,18 +6,36 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 
 pub(crate) static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("cdcsync_snapshot_rows_total", "Rows read and produced by snapshots (acknowledged by Kafka).", &["table"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "cdcsync_snapshot_rows_total",
+        "Rows read and produced by snapshots (acknowledged by Kafka).",
+        &["table"]
+    )
+    .expect("metric registers once")
 });
 pub(crate) static CHUNKS_REMAINING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("cdcsync_snapshot_chunks_remaining", "Estimated chunks left in the running snapshot.", &["table"])
-        .expect("metric registers once")
+    register_int_gauge_vec!(
+        "cdcsync_snapshot_chunks_remaining",
+        "Estimated chunks left in the running snapshot.",
+        &["table"]
+    )
+    .expect("metric registers once")
 });
 pub(crate) static RUNNING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("cdcsync_snapshot_running", "1 while a snapshot of the table runs.", &["table"]).expect("metric registers once")
+    register_int_gauge_vec!(
+        "cdcsync_snapshot_running",
+        "1 while a snapshot of the table runs.",
+        &["table"]
+    )
+    .expect("metric registers once")
 });
 pub(crate) static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("cdcsync_snapshot_failures_total", "Snapshots that failed.", &["table"]).expect("metric registers once")
+    register_int_counter_vec!(
+        "cdcsync_snapshot_failures_total",
+        "Snapshots that failed.",
+        &["table"]
+    )
+    .expect("metric registers once")
 });
 
 /// Creates the series of every `table` at 0 (see "Labelled series exist from the start").

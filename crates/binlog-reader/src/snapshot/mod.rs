@@ -83,7 +83,7 @@ use std::collections::BTreeMap;
 use cdc_config::ConfigError;
 use serde::Deserialize;
 
-pub use run::{Snapshots, SnapshotError};
+pub use run::{SnapshotError, Snapshots};
 pub use signal::{request_snapshot, signal_topic, wait_for_snapshots};
 
 /// When the reader snapshots tables by itself.
@@ -139,13 +139,22 @@ impl SnapshotConfig {
     /// Checks values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.chunk_size == 0 || self.chunk_size > 1_000_000 {
-            return Err(ConfigError::invalid("reader.snapshot.chunk_size", "must be between 1 and 1000000"));
+            return Err(ConfigError::invalid(
+                "reader.snapshot.chunk_size",
+                "must be between 1 and 1000000",
+            ));
         }
         if self.workers == 0 || self.workers > 64 {
-            return Err(ConfigError::invalid("reader.snapshot.workers", "must be between 1 and 64"));
+            return Err(ConfigError::invalid(
+                "reader.snapshot.workers",
+                "must be between 1 and 64",
+            ));
         }
         if self.log_interval_secs == 0 {
-            return Err(ConfigError::invalid("reader.snapshot.log_interval_secs", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "reader.snapshot.log_interval_secs",
+                "must be greater than 0",
+            ));
         }
         for (t, cols) in &self.unique_keys {
             if t.split_once('.').is_none() || cols.is_empty() {
@@ -183,29 +192,60 @@ pub async fn read_rows_consistent(
 ) -> Result<ConsistentRows, SnapshotError> {
     use mysql_async::prelude::Queryable;
     let my = |e: mysql_async::Error| SnapshotError::Source(e.to_string());
-    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await.map_err(my)?;
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(my)?;
     let info = schema::load(conn, cdc_event::Flavor::Mariadb, table, None).await?;
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await.map_err(my)?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(my)?;
     let result = async {
-        let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(my)?;
-        let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-        let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok())) else {
+        let status: Vec<(String, String)> = conn
+            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(my)?;
+        let get = |n: &str| {
+            status
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(file), Some(pos)) = (
+            get("binlog_snapshot_file"),
+            get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
+        ) else {
             return Err(SnapshotError::Mysql);
         };
         let q = |s: &str| format!("`{}`", s.replace('`', "``"));
         let cols: Vec<String> = info.columns.iter().map(|c| q(&c.name)).collect();
-        let sql = format!("SELECT {} FROM {}.{} WHERE {where_sql}", cols.join(", "), q(&table.db), q(&table.table));
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {where_sql}",
+            cols.join(", "),
+            q(&table.db),
+            q(&table.table)
+        );
         // The binary protocol (a prepared statement), as the snapshot reads: exact values.
         let rows: Vec<mysql_async::Row> = conn.exec(sql, ()).await.map_err(my)?;
         let mut img = crate::decode::Image::default();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let values = row.unwrap();
-            encode::encode_row(&info, &values, zero, &mut img)
-                .map_err(|e| SnapshotError::Table { table: info.label.clone(), problem: format!("cannot be encoded: {e}") })?;
-            out.push((String::from_utf8_lossy(&img.key(&info)).into_owned(), String::from_utf8_lossy(&img.json).into_owned()));
+            encode::encode_row(&info, &values, zero, &mut img).map_err(|e| {
+                SnapshotError::Table {
+                    table: info.label.clone(),
+                    problem: format!("cannot be encoded: {e}"),
+                }
+            })?;
+            out.push((
+                String::from_utf8_lossy(&img.key(&info)).into_owned(),
+                String::from_utf8_lossy(&img.json).into_owned(),
+            ));
         }
-        Ok(ConsistentRows { position: cdc_event::BinlogPosition { file, pos }, schema: info.schema.clone(), rows: out })
+        Ok(ConsistentRows {
+            position: cdc_event::BinlogPosition { file, pos },
+            schema: info.schema.clone(),
+            rows: out,
+        })
     }
     .await;
     let _ = conn.query_drop("COMMIT").await;

@@ -56,7 +56,11 @@ impl KeyVal {
         match self {
             KeyVal::I(i) => Value::Int(*i),
             KeyVal::U(u) => Value::UInt(*u),
-            KeyVal::B(b) => Value::Bytes(base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default()),
+            KeyVal::B(b) => Value::Bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .unwrap_or_default(),
+            ),
             KeyVal::F(f) => Value::Double(*f),
             KeyVal::D(y, mo, d, h, mi, s, us) => Value::Date(*y, *mo, *d, *h, *mi, *s, *us),
             KeyVal::T(n, d, h, m, s, us) => Value::Time(*n, *d, *h, *m, *s, *us),
@@ -146,7 +150,11 @@ pub fn record_key(source_name: &str, table: &str) -> String {
 
 /// Reads the latest progress record of every table of `source_name` (blocking; a few seconds
 /// at most on a compacted topic).
-pub fn load_all(kafka: &KafkaConfig, topic: &str, source_name: &str) -> Result<HashMap<String, TableProgress>, SnapshotError> {
+pub fn load_all(
+    kafka: &KafkaConfig,
+    topic: &str,
+    source_name: &str,
+) -> Result<HashMap<String, TableProgress>, SnapshotError> {
     let kerr = |e: rdkafka::error::KafkaError| SnapshotError::Kafka(e.to_string());
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers);
@@ -154,7 +162,10 @@ pub fn load_all(kafka: &KafkaConfig, topic: &str, source_name: &str) -> Result<H
         c.set(k, v);
     }
     let consumer: BaseConsumer = c
-        .set("group.id", format!("cdcsync-snapshot-progress-{source_name}"))
+        .set(
+            "group.id",
+            format!("cdcsync-snapshot-progress-{source_name}"),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
@@ -169,24 +180,37 @@ pub fn load_all(kafka: &KafkaConfig, topic: &str, source_name: &str) -> Result<H
         return Ok(out);
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(low)).map_err(kerr)?;
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+        .map_err(kerr)?;
     consumer.assign(&tpl).map_err(kerr)?;
     let prefix = format!("{source_name}:snapshot:");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if std::time::Instant::now() > deadline {
-            return Err(SnapshotError::Kafka(format!("reading snapshot progress from {topic} timed out")));
+            return Err(SnapshotError::Kafka(format!(
+                "reading snapshot progress from {topic} timed out"
+            )));
         }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let m = m.map_err(kerr)?;
-        if let Some(table) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.strip_prefix(&prefix)) {
+        if let Some(table) = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix(&prefix))
+        {
             match m.payload() {
                 None => {
                     out.remove(table);
                 }
                 Some(p) => {
-                    let rec: TableProgress = serde_json::from_slice(p)
-                        .map_err(|e| SnapshotError::Kafka(format!("snapshot progress at {topic}@{} is not valid: {e}", m.offset())))?;
+                    let rec: TableProgress = serde_json::from_slice(p).map_err(|e| {
+                        SnapshotError::Kafka(format!(
+                            "snapshot progress at {topic}@{} is not valid: {e}",
+                            m.offset()
+                        ))
+                    })?;
                     out.insert(table.to_string(), rec);
                 }
             }

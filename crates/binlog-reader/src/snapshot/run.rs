@@ -79,7 +79,10 @@ fn my(e: mysql_async::Error) -> SnapshotError {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn quote(ident: &str) -> String {
@@ -128,7 +131,10 @@ impl Drop for Snapshots {
     }
 }
 
-async fn included_tables(conn: &mut mysql_async::Conn, source: &SourceConfig) -> Result<Vec<String>, SnapshotError> {
+async fn included_tables(
+    conn: &mut mysql_async::Conn,
+    source: &SourceConfig,
+) -> Result<Vec<String>, SnapshotError> {
     let filter = TableFilter::new(source);
     let mut out = Vec::new();
     for db in filter.databases() {
@@ -139,7 +145,12 @@ async fn included_tables(conn: &mut mysql_async::Conn, source: &SourceConfig) ->
             )
             .await
             .map_err(my)?;
-        out.extend(names.into_iter().filter(|t| filter.matches(db, t)).map(|t| format!("{db}.{t}")));
+        out.extend(
+            names
+                .into_iter()
+                .filter(|t| filter.matches(db, t))
+                .map(|t| format!("{db}.{t}")),
+        );
     }
     Ok(out)
 }
@@ -162,7 +173,12 @@ impl Snapshots {
         loop {
             match Self::start_once(source, kafka, reader, sink.clone(), shutdown.clone()).await {
                 Err(_) if shutdown.is_cancelled() => {
-                    return Ok(Snapshots { shared: None, jobs: None, tables: Vec::new(), task: None });
+                    return Ok(Snapshots {
+                        shared: None,
+                        jobs: None,
+                        tables: Vec::new(),
+                        task: None,
+                    });
                 }
                 Err(e) if !e.is_definite() => {
                     tracing::warn!(error = %e, "snapshot setup: transient error; retrying");
@@ -170,7 +186,8 @@ impl Snapshots {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_millis(reader.reconnect_backoff_max_ms));
+                    backoff =
+                        (backoff * 2).min(Duration::from_millis(reader.reconnect_backoff_max_ms));
                 }
                 other => return other,
             }
@@ -189,8 +206,12 @@ impl Snapshots {
         let prefix = kafka.prefix(&source.name).to_string();
         let checkpoint_topic = reader.checkpoint_topic(&prefix);
         let url = source.connection_url()?;
-        let opts = mysql_async::Opts::from_url(&url)
-            .map_err(|e| ReaderError::Config(cdc_config::ConfigError::invalid("source.url", e.to_string())))?;
+        let opts = mysql_async::Opts::from_url(&url).map_err(|e| {
+            ReaderError::Config(cdc_config::ConfigError::invalid(
+                "source.url",
+                e.to_string(),
+            ))
+        })?;
         let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
             .prefer_socket(false)
             .init(vec![
@@ -201,21 +222,38 @@ impl Snapshots {
             .pool_opts(
                 mysql_async::PoolOpts::default()
                     .with_reset_connection(false)
-                    .with_constraints(mysql_async::PoolConstraints::new(0, cfg.workers + 2).expect("min <= max")),
+                    .with_constraints(
+                        mysql_async::PoolConstraints::new(0, cfg.workers + 2).expect("min <= max"),
+                    ),
             )
             .into();
         let pool = Pool::new(opts);
-        let mut conn = pool.get_conn().await.map_err(|e| ReaderError::from_mysql(e))?;
-        let version: String = conn.query_first("SELECT VERSION()").await.map_err(ReaderError::from_mysql)?.unwrap_or_default();
-        let flavor = if version.to_ascii_lowercase().contains("mariadb") { Flavor::Mariadb } else { Flavor::Mysql };
-        let server_id: u32 = conn.query_first("SELECT @@GLOBAL.server_id").await.map_err(ReaderError::from_mysql)?.unwrap_or(0);
-        let tables = included_tables(&mut conn, source).await.map_err(SnapshotError::into_reader)?;
+        let mut conn = pool.get_conn().await.map_err(ReaderError::from_mysql)?;
+        let version: String = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(ReaderError::from_mysql)?
+            .unwrap_or_default();
+        let flavor = if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::Mariadb
+        } else {
+            Flavor::Mysql
+        };
+        let server_id: u32 = conn
+            .query_first("SELECT @@GLOBAL.server_id")
+            .await
+            .map_err(ReaderError::from_mysql)?
+            .unwrap_or(0);
+        let tables = included_tables(&mut conn, source)
+            .await
+            .map_err(SnapshotError::into_reader)?;
         drop(conn);
         m::register(&tables);
         for t in &tables {
             crate::metrics::EVENTS.with_label_values(&[t, "r"]);
         }
-        sink.ensure_topics(std::slice::from_ref(&checkpoint_topic)).await?;
+        sink.ensure_topics(std::slice::from_ref(&checkpoint_topic))
+            .await?;
         let records = {
             let (k, t, n) = (kafka.clone(), checkpoint_topic.clone(), source.name.clone());
             tokio::task::spawn_blocking(move || progress::load_all(&k, &t, &n))
@@ -224,7 +262,11 @@ impl Snapshots {
                 .map_err(SnapshotError::into_reader)?
         };
         let checkpoint = sink.load_checkpoint(&source.name).await?;
-        let mut jobs: Vec<TableProgress> = records.values().filter(|r| r.state == State::Running).cloned().collect();
+        let mut jobs: Vec<TableProgress> = records
+            .values()
+            .filter(|r| r.state == State::Running)
+            .cloned()
+            .collect();
         if checkpoint.is_none() && cfg.mode != SnapshotMode::Never {
             if flavor == Flavor::Mysql {
                 return Err(SnapshotError::Mysql.into_reader());
@@ -235,7 +277,9 @@ impl Snapshots {
                     continue;
                 }
                 let p = TableProgress::requested(t, "initial", now);
-                save(&sink, &source.name, &p).await.map_err(SnapshotError::into_reader)?;
+                save(&sink, &source.name, &p)
+                    .await
+                    .map_err(SnapshotError::into_reader)?;
                 jobs.push(p);
             }
             tracing::info!(tables = ?tables, "first start without a checkpoint: initial snapshot requested");
@@ -243,7 +287,8 @@ impl Snapshots {
         if flavor == Flavor::Mysql && !jobs.is_empty() {
             return Err(SnapshotError::Mysql.into_reader());
         }
-        let bars = (cfg.progress_bars && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        let bars = (cfg.progress_bars && std::io::stderr().is_terminal())
+            .then(indicatif::MultiProgress::new);
         let shared = Arc::new(Shared {
             name: source.name.clone(),
             name_json: serde_json::to_string(&source.name).unwrap_or_default(),
@@ -264,8 +309,18 @@ impl Snapshots {
         for p in jobs {
             let _ = tx.send(Job { progress: p });
         }
-        let task = tokio::spawn(coordinator(shared.clone(), rx, tables.clone(), source.clone()));
-        Ok(Snapshots { shared: Some(shared), jobs: Some(tx), tables, task: Some(task) })
+        let task = tokio::spawn(coordinator(
+            shared.clone(),
+            rx,
+            tables.clone(),
+            source.clone(),
+        ));
+        Ok(Snapshots {
+            shared: Some(shared),
+            jobs: Some(tx),
+            tables,
+            task: Some(task),
+        })
     }
 
     /// In `when_needed` mode, turns a checkpoint the source can no longer serve (purged binlog,
@@ -273,8 +328,15 @@ impl Snapshots {
     /// deleted (the next session starts at the current position and saves it), and the tables
     /// are requested again. Returns whether the reader should go on.
     pub async fn recover(&self, e: &ReaderError) -> Result<bool, ReaderError> {
-        let (Some(shared), Some(jobs)) = (&self.shared, &self.jobs) else { return Ok(false) };
-        if shared.cfg.mode != SnapshotMode::WhenNeeded || !matches!(e, ReaderError::Purged { .. } | ReaderError::GtidUnknown { .. }) {
+        let (Some(shared), Some(jobs)) = (&self.shared, &self.jobs) else {
+            return Ok(false);
+        };
+        if shared.cfg.mode != SnapshotMode::WhenNeeded
+            || !matches!(
+                e,
+                ReaderError::Purged { .. } | ReaderError::GtidUnknown { .. }
+            )
+        {
             return Ok(false);
         }
         if shared.flavor == Flavor::Mysql {
@@ -285,7 +347,9 @@ impl Snapshots {
         let mut requested = Vec::new();
         for t in &self.tables {
             let p = TableProgress::requested(t, "when_needed", now);
-            save(&shared.sink, &shared.name, &p).await.map_err(SnapshotError::into_reader)?;
+            save(&shared.sink, &shared.name, &p)
+                .await
+                .map_err(SnapshotError::into_reader)?;
             requested.push(p);
         }
         shared.sink.save_record(&shared.name, None).await?;
@@ -298,7 +362,9 @@ impl Snapshots {
 
 async fn save(sink: &Sink, name: &str, p: &TableProgress) -> Result<(), SnapshotError> {
     let v = serde_json::to_vec(p).map_err(|e| SnapshotError::Kafka(e.to_string()))?;
-    sink.save_record(&progress::record_key(name, &p.table), Some(&v)).await.map_err(SnapshotError::Produce)
+    sink.save_record(&progress::record_key(name, &p.table), Some(&v))
+        .await
+        .map_err(SnapshotError::Produce)
 }
 
 /// Waits (polling) until the stream saved a checkpoint: chunk positions must not precede the
@@ -315,11 +381,18 @@ async fn wait_for_stream_checkpoint(shared: &Shared) {
     }
 }
 
-async fn coordinator(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>, tables: Vec<String>, source: SourceConfig) {
+async fn coordinator(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    tables: Vec<String>,
+    source: SourceConfig,
+) {
     let signals = {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match SignalConsumer::new(&shared.kafka, &shared.name, &signal_topic(&shared.prefix)).await {
+            match SignalConsumer::new(&shared.kafka, &shared.name, &signal_topic(&shared.prefix))
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot consume the snapshot control topic yet; retrying");
@@ -391,7 +464,13 @@ async fn coordinator(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>, 
 /// Runs (or resumes) one table's snapshot to its end; failures are recorded, not propagated.
 async fn run_table(shared: Arc<Shared>, mut p: TableProgress) {
     // One run per table at a time in this process: a second request waits for the first.
-    let claim = |t: &str| shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(t.to_string());
+    let claim = |t: &str| {
+        shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(t.to_string())
+    };
     loop {
         if claim(&p.table) {
             break;
@@ -404,7 +483,11 @@ async fn run_table(shared: Arc<Shared>, mut p: TableProgress) {
     let table = p.table.clone();
     m::RUNNING.with_label_values(&[&table]).set(1);
     let result = run_table_inner(&shared, &mut p).await;
-    shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&table);
+    shared
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&table);
     match result {
         Ok(true) => {
             m::RUNNING.with_label_values(&[&table]).set(0);
@@ -412,7 +495,11 @@ async fn run_table(shared: Arc<Shared>, mut p: TableProgress) {
         }
         Ok(false) => {} // shutdown: progress is durable, the next start resumes
         Err(e) => {
-            SnapshotFailed { table: &table, error: &e }.emit();
+            SnapshotFailed {
+                table: &table,
+                error: &e,
+            }
+            .emit();
             p.state = State::Failed;
             p.error = Some(e.to_string());
             let _ = save(&shared.sink, &shared.name, &p).await;
@@ -431,15 +518,25 @@ struct Run {
     bar: Option<indicatif::ProgressBar>,
 }
 
-async fn run_table_inner(shared: &Arc<Shared>, p: &mut TableProgress) -> Result<bool, SnapshotError> {
-    let id = TableId::parse(&p.table).ok_or_else(|| SnapshotError::Request(format!("{} is not db.table", p.table)))?;
+async fn run_table_inner(
+    shared: &Arc<Shared>,
+    p: &mut TableProgress,
+) -> Result<bool, SnapshotError> {
+    let id = TableId::parse(&p.table)
+        .ok_or_else(|| SnapshotError::Request(format!("{} is not db.table", p.table)))?;
     let unique_key = shared.cfg.unique_keys.get(&p.table).map(|v| v.as_slice());
     let info = {
-        let mut conn = retry(shared, || async { shared.pool.get_conn().await.map_err(my) }).await?;
+        let mut conn = retry(shared, || async {
+            shared.pool.get_conn().await.map_err(my)
+        })
+        .await?;
         Arc::new(schema::load(&mut conn, shared.flavor, &id, unique_key).await?)
     };
     let topic = topic_name(&shared.prefix, &id);
-    shared.sink.ensure_topics(std::slice::from_ref(&topic)).await?;
+    shared
+        .sink
+        .ensure_topics(std::slice::from_ref(&topic))
+        .await?;
     if p.segments.is_empty() {
         plan(shared, &info, p).await?;
         save(&shared.sink, &shared.name, p).await?;
@@ -453,8 +550,10 @@ async fn run_table_inner(shared: &Arc<Shared>, p: &mut TableProgress) -> Result<
     let bar = shared.bars.as_ref().map(|mp| {
         let b = mp.add(indicatif::ProgressBar::new(p.estimated_rows.max(p.rows)));
         b.set_style(
-            indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_prefix(p.table.clone());
         b.set_position(p.rows);
@@ -490,7 +589,8 @@ async fn run_table_inner(shared: &Arc<Shared>, p: &mut TableProgress) -> Result<
             loop {
                 tick.tick().await;
                 let p = run.p.lock().await;
-                let rate = (p.rows - run.rows_at_start) as f64 / run.started.elapsed().as_secs_f64().max(0.001);
+                let rate = (p.rows - run.rows_at_start) as f64
+                    / run.started.elapsed().as_secs_f64().max(0.001);
                 tracing::info!(table = %p.table, rows_done = p.rows, estimated_rows = p.estimated_rows, chunks_done = p.chunks,
                     rows_per_sec = rate as u64, "snapshot progress");
             }
@@ -507,7 +607,9 @@ async fn run_table_inner(shared: &Arc<Shared>, p: &mut TableProgress) -> Result<
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                result = Err(SnapshotError::Request(format!("segment task panicked: {e}")));
+                result = Err(SnapshotError::Request(format!(
+                    "segment task panicked: {e}"
+                )));
                 set.abort_all();
             }
         }
@@ -534,13 +636,22 @@ async fn run_table_inner(shared: &Arc<Shared>, p: &mut TableProgress) -> Result<
 fn update_remaining(shared: &Shared, p: &TableProgress) {
     let est = p.estimated_rows.div_ceil(shared.cfg.chunk_size as u64);
     let open = p.segments.iter().filter(|s| !s.done).count() as u64;
-    m::CHUNKS_REMAINING.with_label_values(&[&p.table]).set(est.saturating_sub(p.chunks).max(open) as i64);
+    m::CHUNKS_REMAINING
+        .with_label_values(&[&p.table])
+        .set(est.saturating_sub(p.chunks).max(open) as i64);
 }
 
 /// Splits the table into segments of its leading key column: equal integer ranges between
 /// MIN and MAX when that column is an integer and the table spans several chunks, else one.
-async fn plan(shared: &Shared, info: &TableInfo, p: &mut TableProgress) -> Result<(), SnapshotError> {
-    let mut conn = retry(shared, || async { shared.pool.get_conn().await.map_err(my) }).await?;
+async fn plan(
+    shared: &Shared,
+    info: &TableInfo,
+    p: &mut TableProgress,
+) -> Result<(), SnapshotError> {
+    let mut conn = retry(shared, || async {
+        shared.pool.get_conn().await.map_err(my)
+    })
+    .await?;
     let est: Option<u64> = conn
         .exec_first(
             "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -558,7 +669,11 @@ async fn plan(shared: &Shared, info: &TableInfo, p: &mut TableProgress) -> Resul
         // MIN/MAX of the leading key column come from the index ends (no scan). The span also
         // stands in for the row estimate, which InnoDB may not have computed yet.
         let col = quote(&lead.name);
-        let sql = format!("SELECT MIN({col}), MAX({col}) FROM {}.{}", quote(&info.id.db), quote(&info.id.table));
+        let sql = format!(
+            "SELECT MIN({col}), MAX({col}) FROM {}.{}",
+            quote(&info.id.db),
+            quote(&info.id.table)
+        );
         // The binary protocol (exec) returns typed integers; the text protocol would not.
         let row: Option<(Value, Value)> = conn.exec_first(sql, ()).await.map_err(my)?;
         tracing::debug!(table = %info.label, ?row, "key range of the leading key column");
@@ -576,7 +691,11 @@ async fn plan(shared: &Shared, info: &TableInfo, p: &mut TableProgress) -> Resul
                     if wanted > 1 && step > 0 {
                         for i in 1..wanted {
                             let v = a + step * i;
-                            bounds.push(if unsigned { KeyVal::U(v as u64) } else { KeyVal::I(v as i64) });
+                            bounds.push(if unsigned {
+                                KeyVal::U(v as u64)
+                            } else {
+                                KeyVal::I(v as i64)
+                            });
                         }
                     }
                 }
@@ -586,10 +705,20 @@ async fn plan(shared: &Shared, info: &TableInfo, p: &mut TableProgress) -> Resul
     let mut segs = Vec::with_capacity(bounds.len() + 1);
     let mut lo = None;
     for b in bounds {
-        segs.push(Segment { lo: lo.clone(), hi: Some(b.clone()), after: None, done: false });
+        segs.push(Segment {
+            lo: lo.clone(),
+            hi: Some(b.clone()),
+            after: None,
+            done: false,
+        });
         lo = Some(b);
     }
-    segs.push(Segment { lo, hi: None, after: None, done: false });
+    segs.push(Segment {
+        lo,
+        hi: None,
+        after: None,
+        done: false,
+    });
     p.segments = segs;
     Ok(())
 }
@@ -629,7 +758,12 @@ struct Produced {
 
 /// Walks one segment chunk by chunk. Chunk `i + 1` is read while chunk `i` is being
 /// acknowledged; progress is saved strictly in chunk order, each after its acknowledgement.
-async fn run_segment(shared: &Shared, run: &Run, seg: usize, last_segment: bool) -> Result<bool, SnapshotError> {
+async fn run_segment(
+    shared: &Shared,
+    run: &Run,
+    seg: usize,
+    last_segment: bool,
+) -> Result<bool, SnapshotError> {
     let (mut after, lo, hi) = {
         let p = run.p.lock().await;
         let s = &p.segments[seg];
@@ -641,8 +775,22 @@ async fn run_segment(shared: &Shared, run: &Run, seg: usize, last_segment: bool)
             return Ok(false);
         }
         let chunk = {
-            let _permit = shared.permits.acquire().await.map_err(|e| SnapshotError::Request(e.to_string()))?;
-            retry(shared, || read_chunk(shared, run, lo.as_ref(), hi.as_ref(), after.as_deref(), last_segment)).await?
+            let _permit = shared
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| SnapshotError::Request(e.to_string()))?;
+            retry(shared, || {
+                read_chunk(
+                    shared,
+                    run,
+                    lo.as_ref(),
+                    hi.as_ref(),
+                    after.as_deref(),
+                    last_segment,
+                )
+            })
+            .await?
         };
         if let Some(prev) = pending.take() {
             finish_chunk(shared, run, seg, prev).await?;
@@ -663,13 +811,20 @@ async fn run_segment(shared: &Shared, run: &Run, seg: usize, last_segment: bool)
 }
 
 /// Waits for the chunk's acknowledgements, then records it durably.
-async fn finish_chunk(shared: &Shared, run: &Run, seg: usize, c: Produced) -> Result<(), SnapshotError> {
+async fn finish_chunk(
+    shared: &Shared,
+    run: &Run,
+    seg: usize,
+    c: Produced,
+) -> Result<(), SnapshotError> {
     while !c.tx.is_done() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if c.tx.has_failed() {
         shared.sink.check_errors()?;
-        return Err(SnapshotError::Kafka("a snapshot event failed delivery".into()));
+        return Err(SnapshotError::Kafka(
+            "a snapshot event failed delivery".into(),
+        ));
     }
     let mut p = run.p.lock().await;
     let s = &mut p.segments[seg];
@@ -694,9 +849,19 @@ async fn finish_chunk(shared: &Shared, run: &Run, seg: usize, c: Produced) -> Re
 /// The keyset query of a chunk: the segment's range of the leading key column and the rows
 /// after `after` in key order (`(a > ?) OR (a = ? AND b > ?) ...`, which every server turns
 /// into an index range), `LIMIT n`.
-fn chunk_query(info: &TableInfo, lo: Option<&KeyVal>, hi: Option<&KeyVal>, after: Option<&[KeyVal]>, limit: u32) -> (String, Vec<Value>) {
+fn chunk_query(
+    info: &TableInfo,
+    lo: Option<&KeyVal>,
+    hi: Option<&KeyVal>,
+    after: Option<&[KeyVal]>,
+    limit: u32,
+) -> (String, Vec<Value>) {
     let cols: Vec<String> = info.columns.iter().map(|c| quote(&c.name)).collect();
-    let keys: Vec<String> = info.key.iter().map(|&i| quote(&info.columns[i].name)).collect();
+    let keys: Vec<String> = info
+        .key
+        .iter()
+        .map(|&i| quote(&info.columns[i].name))
+        .collect();
     let mut conds = Vec::new();
     let mut params = Vec::new();
     if let Some(lo) = lo {
@@ -721,7 +886,11 @@ fn chunk_query(info: &TableInfo, lo: Option<&KeyVal>, hi: Option<&KeyVal>, after
         }
         conds.push(format!("({})", ors.join(" OR ")));
     }
-    let where_ = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
     let sql = format!(
         "SELECT {} FROM {}.{}{where_} ORDER BY {} LIMIT {limit}",
         cols.join(", "),
@@ -745,19 +914,39 @@ async fn read_chunk(
     let limit = shared.cfg.chunk_size;
     let (sql, params) = chunk_query(info, lo, hi, after, limit);
     let mut conn = shared.pool.get_conn().await.map_err(my)?;
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await.map_err(my)?;
-    let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(my)?;
-    let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok())) else {
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(my)?;
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(my)?;
+    let get = |n: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(file), Some(pos)) = (
+        get("binlog_snapshot_file"),
+        get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
+    ) else {
         let _ = conn.query_drop("ROLLBACK").await;
         return Err(SnapshotError::Mysql);
     };
     if file.is_empty() {
         let _ = conn.query_drop("ROLLBACK").await;
-        return Err(SnapshotError::Table { table: info.label.clone(), problem: "cannot be snapshotted: the source reports no binlog_snapshot_file (is log_bin on?)".into() });
+        return Err(SnapshotError::Table {
+            table: info.label.clone(),
+            problem:
+                "cannot be snapshotted: the source reports no binlog_snapshot_file (is log_bin on?)"
+                    .into(),
+        });
     }
     let position = BinlogPosition { file, pos };
-    let version = Version::at(&position, 0).map_err(|e| SnapshotError::Source(e.to_string()))?.to_string();
+    let version = Version::at(&position, 0)
+        .map_err(|e| SnapshotError::Source(e.to_string()))?
+        .to_string();
     let ts_ms = now_ms();
     let ctx = ChunkCtx {
         name_json: &shared.name_json,
@@ -778,11 +967,17 @@ async fn read_chunk(
     let mut held: Option<Vec<Value>> = None;
     let mut last_key: Option<Vec<Value>> = None;
     {
-        let mut result = conn.exec_iter(sql, Params::Positional(params)).await.map_err(my)?;
+        let mut result = conn
+            .exec_iter(sql, Params::Positional(params))
+            .await
+            .map_err(my)?;
         while let Some(row) = result.next().await.map_err(my)? {
             let values = row.unwrap();
             if let Some(prev) = held.replace(values) {
-                produce(shared, run, &ctx, &position, &prev, false, &tx, &counter, &mut img, &mut value).await?;
+                produce(
+                    shared, run, &ctx, &position, &prev, false, &tx, &counter, &mut img, &mut value,
+                )
+                .await?;
             }
             rows += 1;
         }
@@ -791,16 +986,38 @@ async fn read_chunk(
     let end_of_segment = rows < limit as u64;
     if let Some(prev) = held.take() {
         last_key = Some(info.key.iter().map(|&i| prev[i].clone()).collect());
-        produce(shared, run, &ctx, &position, &prev, end_of_segment && last_segment, &tx, &counter, &mut img, &mut value).await?;
+        produce(
+            shared,
+            run,
+            &ctx,
+            &position,
+            &prev,
+            end_of_segment && last_segment,
+            &tx,
+            &counter,
+            &mut img,
+            &mut value,
+        )
+        .await?;
     }
     let after = match last_key {
-        Some(k) => Some(k.iter().map(KeyVal::from_value).collect::<Option<Vec<_>>>().ok_or_else(|| SnapshotError::Table {
-            table: info.label.clone(),
-            problem: "has a NULL key value".into(),
-        })?),
+        Some(k) => Some(
+            k.iter()
+                .map(KeyVal::from_value)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| SnapshotError::Table {
+                    table: info.label.clone(),
+                    problem: "has a NULL key value".into(),
+                })?,
+        ),
         None => None,
     };
-    Ok(Produced { tx, rows, after, last: end_of_segment })
+    Ok(Produced {
+        tx,
+        rows,
+        after,
+        last: end_of_segment,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -817,13 +1034,26 @@ async fn produce(
     value: &mut Vec<u8>,
 ) -> Result<(), SnapshotError> {
     let info = &run.info;
-    encode_row(info, values, shared.zero, img).map_err(|e| SnapshotError::Table { table: info.label.clone(), problem: format!("cannot be encoded: {e}") })?;
+    encode_row(info, values, shared.zero, img).map_err(|e| SnapshotError::Table {
+        table: info.label.clone(),
+        problem: format!("cannot be encoded: {e}"),
+    })?;
     let key = img.key(info);
     let key_text = std::str::from_utf8(&key).unwrap_or_default();
     let id = EventId::snapshot(&shared.name, position, &info.label, key_text);
     envelope(value, ctx, info, img, &id.0, last, now_ms());
     shared.sink.wait_for_room().await?;
-    shared.sink.send(&run.topic, &key, Some(value), Some((id.0.as_bytes(), ctx.version.as_bytes())), tx, Some(counter.clone())).await?;
+    shared
+        .sink
+        .send(
+            &run.topic,
+            &key,
+            Some(value),
+            Some((id.0.as_bytes(), ctx.version.as_bytes())),
+            tx,
+            Some(counter.clone()),
+        )
+        .await?;
     Ok(())
 }
 
@@ -837,7 +1067,14 @@ mod tests {
     fn info(keys: &[usize]) -> TableInfo {
         let columns = ["a", "b", "c"]
             .iter()
-            .map(|n| Column { name: n.to_string(), name_json: format!("\"{n}\":"), kind: Kind::VarString { prefix: 0, charset: Charset::Utf8 } })
+            .map(|n| Column {
+                name: n.to_string(),
+                name_json: format!("\"{n}\":"),
+                kind: Kind::VarString {
+                    prefix: 0,
+                    charset: Charset::Utf8,
+                },
+            })
             .collect();
         TableInfo {
             id: TableId::new("d", "t"),
@@ -846,21 +1083,42 @@ mod tests {
             columns,
             key: keys.to_vec(),
             schema_json: String::new(),
-            schema: Arc::new(TableSchema { columns: vec![], primary_key: vec![] }),
+            schema: Arc::new(TableSchema {
+                columns: vec![],
+                primary_key: vec![],
+            }),
         }
     }
 
     #[test]
     fn keyset_queries_never_use_offset() {
         let (sql, params) = chunk_query(&info(&[0]), None, None, None, 10);
-        assert_eq!(sql, "SELECT `a`, `b`, `c` FROM `d`.`t` ORDER BY `a` LIMIT 10");
+        assert_eq!(
+            sql,
+            "SELECT `a`, `b`, `c` FROM `d`.`t` ORDER BY `a` LIMIT 10"
+        );
         assert!(params.is_empty());
-        let (sql, params) = chunk_query(&info(&[0, 1]), Some(&KeyVal::I(5)), Some(&KeyVal::I(9)), Some(&[KeyVal::I(6), KeyVal::I(2)]), 3);
+        let (sql, params) = chunk_query(
+            &info(&[0, 1]),
+            Some(&KeyVal::I(5)),
+            Some(&KeyVal::I(9)),
+            Some(&[KeyVal::I(6), KeyVal::I(2)]),
+            3,
+        );
         assert_eq!(
             sql,
             "SELECT `a`, `b`, `c` FROM `d`.`t` WHERE `a` > ? AND `a` <= ? AND ((`a` > ?) OR (`a` = ? AND `b` > ?)) ORDER BY `a`, `b` LIMIT 3"
         );
-        assert_eq!(params, vec![Value::Int(5), Value::Int(9), Value::Int(6), Value::Int(6), Value::Int(2)]);
+        assert_eq!(
+            params,
+            vec![
+                Value::Int(5),
+                Value::Int(9),
+                Value::Int(6),
+                Value::Int(6),
+                Value::Int(2)
+            ]
+        );
         assert!(!sql.contains("OFFSET"));
     }
 }

@@ -30,7 +30,12 @@ struct ColumnRow {
 }
 
 /// Reads the table's columns and key; `unique_key` replaces a missing primary key.
-pub(crate) async fn load(conn: &mut Conn, flavor: Flavor, t: &TableId, unique_key: Option<&[String]>) -> Result<TableInfo, SnapshotError> {
+pub(crate) async fn load(
+    conn: &mut Conn,
+    flavor: Flavor,
+    t: &TableId,
+    unique_key: Option<&[String]>,
+) -> Result<TableInfo, SnapshotError> {
     let q = |e: mysql_async::Error| SnapshotError::Source(e.to_string());
     #[allow(clippy::type_complexity)]
     let rows: Vec<(String, String, String, Option<String>, String, Option<u64>, Option<u64>, Option<u64>)> = conn
@@ -42,20 +47,27 @@ pub(crate) async fn load(conn: &mut Conn, flavor: Flavor, t: &TableId, unique_ke
         .await
         .map_err(q)?;
     if rows.is_empty() {
-        return Err(SnapshotError::Table { table: t.to_string(), problem: "does not exist (or the CDC user cannot see it)".into() });
+        return Err(SnapshotError::Table {
+            table: t.to_string(),
+            problem: "does not exist (or the CDC user cannot see it)".into(),
+        });
     }
     let cols: Vec<ColumnRow> = rows
         .into_iter()
-        .map(|(name, data_type, column_type, charset, nullable, precision, scale, dt_precision)| ColumnRow {
-            name,
-            data_type: data_type.to_ascii_lowercase(),
-            column_type: column_type.to_ascii_lowercase(),
-            charset,
-            nullable: nullable == "YES",
-            precision,
-            scale,
-            dt_precision,
-        })
+        .map(
+            |(name, data_type, column_type, charset, nullable, precision, scale, dt_precision)| {
+                ColumnRow {
+                    name,
+                    data_type: data_type.to_ascii_lowercase(),
+                    column_type: column_type.to_ascii_lowercase(),
+                    charset,
+                    nullable: nullable == "YES",
+                    precision,
+                    scale,
+                    dt_precision,
+                }
+            },
+        )
         .collect();
     let pk: Vec<String> = conn
         .exec(
@@ -95,9 +107,17 @@ pub(crate) async fn load(conn: &mut Conn, flavor: Flavor, t: &TableId, unique_ke
     build(t, &cols, &key_names, &json_columns)
 }
 
-fn build(t: &TableId, cols: &[ColumnRow], key_names: &[String], json_columns: &HashSet<String>) -> Result<TableInfo, SnapshotError> {
+fn build(
+    t: &TableId,
+    cols: &[ColumnRow],
+    key_names: &[String],
+    json_columns: &HashSet<String>,
+) -> Result<TableInfo, SnapshotError> {
     let label = t.to_string();
-    let bad = |problem: String| SnapshotError::Table { table: label.clone(), problem };
+    let bad = |problem: String| SnapshotError::Table {
+        table: label.clone(),
+        problem,
+    };
     let mut columns = Vec::with_capacity(cols.len());
     let mut schema_cols = Vec::with_capacity(cols.len());
     for c in cols {
@@ -108,19 +128,47 @@ fn build(t: &TableId, cols: &[ColumnRow], key_names: &[String], json_columns: &H
                 bad(format!("column {}: character set {n} is not supported; convert the column to utf8mb4 or latin1", c.name))
             })?,
         };
-        let text_or_binary = if charset == Charset::Binary { ColumnType::Binary } else { ColumnType::Text { max_len: None } };
+        let text_or_binary = if charset == Charset::Binary {
+            ColumnType::Binary
+        } else {
+            ColumnType::Text { max_len: None }
+        };
         let fsp = c.dt_precision.unwrap_or(0) as u8;
         let (kind, ty) = match c.data_type.as_str() {
-            "tinyint" => (Kind::Int { bytes: 1, unsigned }, ColumnType::TinyInt { unsigned }),
-            "smallint" => (Kind::Int { bytes: 2, unsigned }, ColumnType::SmallInt { unsigned }),
-            "mediumint" => (Kind::Int { bytes: 3, unsigned }, ColumnType::MediumInt { unsigned }),
-            "int" | "integer" => (Kind::Int { bytes: 4, unsigned }, ColumnType::Int { unsigned }),
-            "bigint" => (Kind::Int { bytes: 8, unsigned }, ColumnType::BigInt { unsigned }),
+            "tinyint" => (
+                Kind::Int { bytes: 1, unsigned },
+                ColumnType::TinyInt { unsigned },
+            ),
+            "smallint" => (
+                Kind::Int { bytes: 2, unsigned },
+                ColumnType::SmallInt { unsigned },
+            ),
+            "mediumint" => (
+                Kind::Int { bytes: 3, unsigned },
+                ColumnType::MediumInt { unsigned },
+            ),
+            "int" | "integer" => (
+                Kind::Int { bytes: 4, unsigned },
+                ColumnType::Int { unsigned },
+            ),
+            "bigint" => (
+                Kind::Int { bytes: 8, unsigned },
+                ColumnType::BigInt { unsigned },
+            ),
             "float" => (Kind::Float, ColumnType::Float),
             "double" | "real" => (Kind::Double, ColumnType::Double),
             "decimal" | "numeric" => {
                 let (p, s) = (c.precision.unwrap_or(10) as u8, c.scale.unwrap_or(0) as u8);
-                (Kind::Decimal { precision: p, scale: s }, ColumnType::Decimal { precision: p, scale: s })
+                (
+                    Kind::Decimal {
+                        precision: p,
+                        scale: s,
+                    },
+                    ColumnType::Decimal {
+                        precision: p,
+                        scale: s,
+                    },
+                )
             }
             "bit" => {
                 let bits = c.precision.unwrap_or(1) as u16;
@@ -131,9 +179,17 @@ fn build(t: &TableId, cols: &[ColumnRow], key_names: &[String], json_columns: &H
             "datetime" => (Kind::DateTime { fsp }, ColumnType::DateTime { fsp }),
             "timestamp" => (Kind::Timestamp { fsp }, ColumnType::Timestamp { fsp }),
             "time" => (Kind::Time { fsp }, ColumnType::Time { fsp }),
-            "char" | "binary" => (Kind::FixedString { prefix: 0, max_bytes: 0, charset }, text_or_binary),
+            "char" | "binary" => (
+                Kind::FixedString {
+                    prefix: 0,
+                    max_bytes: 0,
+                    charset,
+                },
+                text_or_binary,
+            ),
             "varchar" | "varbinary" => (Kind::VarString { prefix: 0, charset }, text_or_binary),
-            "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob"
+            | "mediumblob" | "longblob" => {
                 if json_columns.contains(&c.name) {
                     (Kind::JsonText { prefix: 0 }, ColumnType::Json)
                 } else {
@@ -143,25 +199,57 @@ fn build(t: &TableId, cols: &[ColumnRow], key_names: &[String], json_columns: &H
             "json" => (Kind::Json { prefix: 0 }, ColumnType::Json),
             "enum" => {
                 let labels = parse_labels(&c.column_type);
-                (Kind::Enum { pack: 0, labels: Arc::new(labels.clone()) }, ColumnType::Enum { values: labels })
+                (
+                    Kind::Enum {
+                        pack: 0,
+                        labels: Arc::new(labels.clone()),
+                    },
+                    ColumnType::Enum { values: labels },
+                )
             }
             "set" => {
                 let labels = parse_labels(&c.column_type);
-                (Kind::Set { pack: 0, labels: Arc::new(labels.clone()) }, ColumnType::Set { values: labels })
+                (
+                    Kind::Set {
+                        pack: 0,
+                        labels: Arc::new(labels.clone()),
+                    },
+                    ColumnType::Set { values: labels },
+                )
             }
-            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon" | "geometrycollection"
-            | "geomcollection" => (Kind::Geometry { prefix: 0 }, ColumnType::Geometry),
-            other => return Err(bad(format!("column {}: type {other} is not supported", c.name))),
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+            | "multipolygon" | "geometrycollection" | "geomcollection" => {
+                (Kind::Geometry { prefix: 0 }, ColumnType::Geometry)
+            }
+            other => {
+                return Err(bad(format!(
+                    "column {}: type {other} is not supported",
+                    c.name
+                )))
+            }
         };
-        schema_cols.push(ColumnSchema { name: c.name.clone(), ty, nullable: c.nullable });
+        schema_cols.push(ColumnSchema {
+            name: c.name.clone(),
+            ty,
+            nullable: c.nullable,
+        });
         let name_json = format!("{}:", serde_json::to_string(&c.name).unwrap_or_default());
-        columns.push(Column { name: c.name.clone(), name_json, kind });
+        columns.push(Column {
+            name: c.name.clone(),
+            name_json,
+            kind,
+        });
     }
     let mut key = Vec::with_capacity(key_names.len());
     for k in key_names {
-        let i = columns.iter().position(|c| &c.name == k).ok_or_else(|| bad(format!("key column {k} does not exist")))?;
+        let i = columns
+            .iter()
+            .position(|c| &c.name == k)
+            .ok_or_else(|| bad(format!("key column {k} does not exist")))?;
         if schema_cols[i].nullable {
-            return Err(bad(format!("key column {k} is nullable; a snapshot key must be NOT NULL")));
+            return Err(bad(format!(
+                "key column {k} is nullable; a snapshot key must be NOT NULL"
+            )));
         }
         key.push(i);
     }
@@ -170,14 +258,28 @@ fn build(t: &TableId, cols: &[ColumnRow], key_names: &[String], json_columns: &H
         primary_key: key.iter().map(|&k| columns[k].name.clone()).collect(),
     });
     let schema_json = serde_json::to_string(&*schema).unwrap_or_default();
-    Ok(TableInfo { id: t.clone(), label, included: true, columns, key, schema_json, schema })
+    Ok(TableInfo {
+        id: t.clone(),
+        label,
+        included: true,
+        columns,
+        key,
+        schema_json,
+        schema,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn col(name: &str, data_type: &str, column_type: &str, charset: Option<&str>, nullable: bool) -> ColumnRow {
+    fn col(
+        name: &str,
+        data_type: &str,
+        column_type: &str,
+        charset: Option<&str>,
+        nullable: bool,
+    ) -> ColumnRow {
         ColumnRow {
             name: name.into(),
             data_type: data_type.into(),
@@ -206,17 +308,32 @@ mod tests {
         let info = build(&t, &cols, &["id".into()], &json).unwrap();
         let tys: Vec<&ColumnType> = info.schema.columns.iter().map(|c| &c.ty).collect();
         assert_eq!(tys[0], &ColumnType::BigInt { unsigned: true });
-        assert_eq!(tys[1], &ColumnType::Decimal { precision: 12, scale: 2 });
+        assert_eq!(
+            tys[1],
+            &ColumnType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
         assert_eq!(tys[2], &ColumnType::DateTime { fsp: 6 });
         assert_eq!(tys[3], &ColumnType::Text { max_len: None });
         assert_eq!(tys[4], &ColumnType::Binary);
         assert_eq!(tys[5], &ColumnType::Json);
-        assert_eq!(tys[6], &ColumnType::Enum { values: vec!["a".into(), "b'c".into()] });
+        assert_eq!(
+            tys[6],
+            &ColumnType::Enum {
+                values: vec!["a".into(), "b'c".into()]
+            }
+        );
         assert_eq!(info.key, vec![0]);
         assert_eq!(info.schema.primary_key, vec!["id".to_string()]);
-        let e = build(&t, &cols, &["amount".into()], &json).unwrap_err().to_string();
+        let e = build(&t, &cols, &["amount".into()], &json)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nullable"), "{e}");
-        let e = build(&t, &cols, &["nope".into()], &json).unwrap_err().to_string();
+        let e = build(&t, &cols, &["nope".into()], &json)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

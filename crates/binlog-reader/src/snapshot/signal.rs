@@ -51,13 +51,23 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// Creates the control topic if missing (one partition: requests stay in order).
 pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), SnapshotError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create().map_err(|e| SnapshotError::Kafka(e.to_string()))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
     let t = NewTopic::new(topic, 1, TopicReplication::Fixed(kafka.replication_factor));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics([&t], &opts).await.map_err(|e| SnapshotError::Kafka(e.to_string()))? {
+    for r in admin
+        .create_topics([&t], &opts)
+        .await
+        .map_err(|e| SnapshotError::Kafka(e.to_string()))?
+    {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(SnapshotError::Kafka(format!("cannot create topic {t}: {code}"))),
+            Err((t, code)) => {
+                return Err(SnapshotError::Kafka(format!(
+                    "cannot create topic {t}: {code}"
+                )))
+            }
         }
     }
     Ok(())
@@ -65,7 +75,11 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), Snapsh
 
 /// Sends a snapshot request for `tables` to the running reader of `source`; returns the topic
 /// and the request time (ms), which [`wait_for_snapshots`] takes.
-pub async fn request_snapshot(source: &SourceConfig, kafka: &KafkaConfig, tables: &[String]) -> Result<(String, i64), SnapshotError> {
+pub async fn request_snapshot(
+    source: &SourceConfig,
+    kafka: &KafkaConfig,
+    tables: &[String],
+) -> Result<(String, i64), SnapshotError> {
     let filter = crate::preflight::TableFilter::new(source);
     for t in tables {
         let Some((db, table)) = t.split_once('.') else {
@@ -84,12 +98,21 @@ pub async fn request_snapshot(source: &SourceConfig, kafka: &KafkaConfig, tables
         .set("acks", "all")
         .create()
         .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
-    let signal = Signal { kind: "snapshot".into(), tables: tables.to_vec(), ts_ms: super::run::now_ms() };
+    let signal = Signal {
+        kind: "snapshot".into(),
+        tables: tables.to_vec(),
+        ts_ms: super::run::now_ms(),
+    };
     let value = serde_json::to_vec(&signal).map_err(|e| SnapshotError::Kafka(e.to_string()))?;
     producer
-        .send(FutureRecord::to(&topic).key(&source.name).payload(&value), Duration::from_secs(30))
+        .send(
+            FutureRecord::to(&topic).key(&source.name).payload(&value),
+            Duration::from_secs(30),
+        )
         .await
-        .map_err(|(e, _)| SnapshotError::Kafka(format!("sending the snapshot request to {topic}: {e}")))?;
+        .map_err(|(e, _)| {
+            SnapshotError::Kafka(format!("sending the snapshot request to {topic}: {e}"))
+        })?;
     Ok((topic, signal.ts_ms))
 }
 
@@ -105,7 +128,11 @@ pub async fn wait_for_snapshots(
 ) -> Result<Vec<super::progress::TableProgress>, SnapshotError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let (k, t, n) = (kafka.clone(), checkpoint_topic.to_string(), source_name.to_string());
+        let (k, t, n) = (
+            kafka.clone(),
+            checkpoint_topic.to_string(),
+            source_name.to_string(),
+        );
         let all = tokio::task::spawn_blocking(move || super::progress::load_all(&k, &t, &n))
             .await
             .map_err(|e| SnapshotError::Kafka(e.to_string()))??;
@@ -115,7 +142,10 @@ pub async fn wait_for_snapshots(
                 Some(p) if p.run.parse::<i64>().unwrap_or(0) >= since_ms => match p.state {
                     super::progress::State::Done => done.push(p.clone()),
                     super::progress::State::Failed => {
-                        return Err(SnapshotError::Request(format!("snapshot of {t} failed: {}", p.error.clone().unwrap_or_default())));
+                        return Err(SnapshotError::Request(format!(
+                            "snapshot of {t} failed: {}",
+                            p.error.clone().unwrap_or_default()
+                        )));
                     }
                     super::progress::State::Running => {}
                 },
@@ -126,7 +156,9 @@ pub async fn wait_for_snapshots(
             return Ok(done);
         }
         if std::time::Instant::now() > deadline {
-            return Err(SnapshotError::Request(format!("the snapshot did not finish within {timeout:?} (is the reader running?)")));
+            return Err(SnapshotError::Request(format!(
+                "the snapshot did not finish within {timeout:?} (is the reader running?)"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -139,23 +171,41 @@ pub(crate) struct SignalConsumer {
 }
 
 impl SignalConsumer {
-    pub(crate) async fn new(kafka: &KafkaConfig, source_name: &str, topic: &str) -> Result<Self, SnapshotError> {
+    pub(crate) async fn new(
+        kafka: &KafkaConfig,
+        source_name: &str,
+        topic: &str,
+    ) -> Result<Self, SnapshotError> {
         ensure_topic(kafka, topic).await?;
         let consumer: StreamConsumer = client_config(kafka)
-            .set("group.id", format!("cdcsync-snapshot-signals-{source_name}"))
+            .set(
+                "group.id",
+                format!("cdcsync-snapshot-signals-{source_name}"),
+            )
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
-        consumer.subscribe(&[topic]).map_err(|e| SnapshotError::Kafka(e.to_string()))?;
-        Ok(SignalConsumer { consumer, source_name: source_name.to_string() })
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
+        Ok(SignalConsumer {
+            consumer,
+            source_name: source_name.to_string(),
+        })
     }
 
     /// The next request for this source; the caller acknowledges it with [`Self::commit`] after
     /// recording it durably. Requests for other sources sharing the prefix are skipped.
-    pub(crate) async fn next(&self) -> Result<(Signal, rdkafka::message::OwnedMessage), SnapshotError> {
+    pub(crate) async fn next(
+        &self,
+    ) -> Result<(Signal, rdkafka::message::OwnedMessage), SnapshotError> {
         loop {
-            let m = self.consumer.recv().await.map_err(|e| SnapshotError::Kafka(e.to_string()))?;
+            let m = self
+                .consumer
+                .recv()
+                .await
+                .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
             let m = m.detach();
             if m.key() != Some(self.source_name.as_bytes()) {
                 continue;
@@ -163,7 +213,11 @@ impl SignalConsumer {
             match m.payload().map(serde_json::from_slice::<Signal>) {
                 Some(Ok(s)) if s.kind == "snapshot" => return Ok((s, m)),
                 other => {
-                    tracing::warn!(offset = m.offset(), "ignoring an unreadable control message: {:?}", other.map(|r| r.err()));
+                    tracing::warn!(
+                        offset = m.offset(),
+                        "ignoring an unreadable control message: {:?}",
+                        other.map(|r| r.err())
+                    );
                     self.commit(&m)?;
                 }
             }
@@ -173,8 +227,14 @@ impl SignalConsumer {
     /// Commits the offset after `m` (synchronously: the request is recorded by now).
     pub(crate) fn commit(&self, m: &rdkafka::message::OwnedMessage) -> Result<(), SnapshotError> {
         let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(m.topic(), m.partition(), rdkafka::Offset::Offset(m.offset() + 1))
-            .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
-        self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| SnapshotError::Kafka(e.to_string()))
+        tpl.add_partition_offset(
+            m.topic(),
+            m.partition(),
+            rdkafka::Offset::Offset(m.offset() + 1),
+        )
+        .map_err(|e| SnapshotError::Kafka(e.to_string()))?;
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| SnapshotError::Kafka(e.to_string()))
     }
 }
