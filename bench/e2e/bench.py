@@ -681,7 +681,7 @@ def phase_snapshot():
     rows = int(re.search(r"rows: (\d+)", out).group(1))
     proc = {role: (cpu, hwm) for role, cpu, hwm in seen.values()}
     R["snapshot"] = {"rows": rows, "secs": float(e2e.group(1)), "rate": float(e2e.group(2)),
-                     "reader_secs": e2e.group(3), "vs_base": float(e2e.group(4)),
+                     "reader_secs": e2e.group(3) if e2e.group(3) == "?" else "%.1f" % float(e2e.group(3)), "vs_base": float(e2e.group(4)),
                      "base_secs": float(base.group(1)), "base_rate": float(base.group(2)),
                      "reader": (proc.get("reader", (float("nan"),))[0], float(rss.group(1))),
                      "applier": (proc.get("applier", (float("nan"),))[0], float(rss.group(2))), "load": loadavg()}
