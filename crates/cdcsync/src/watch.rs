@@ -4,7 +4,8 @@
 //! the end-to-end latency of the rows applied in the last second, measured on the rows themselves
 //! (`_cdc_applied_at − updated_time`: the applier's clock at apply minus the source's `NOW(6)` at
 //! write, both on this machine), which is exact to the microsecond, unlike the binlog's
-//! one-second event timestamps.
+//! one-second event timestamps. Soft-deleted rows are left out: they keep the `updated_time` of
+//! their last write, so their "latency" would be the row's age.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -92,7 +93,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
            FROM (SELECT extract(epoch FROM _cdc_applied_at - (updated_time AT TIME ZONE 'UTC')) * 1000 AS d
                    FROM \"{schema}\".\"{table}\"
-                  WHERE _cdc_applied_at > clock_timestamp() - interval '1 second') s"
+                  WHERE _cdc_applied_at > clock_timestamp() - interval '1 second' AND NOT _cdc_deleted) s"
     );
     let start = Instant::now();
     let mut prev_r = scrape(&args.reader).await.unwrap_or_default();
