@@ -200,22 +200,7 @@ pub async fn read_rows_consistent(
         .await
         .map_err(my)?;
     let result = async {
-        let status: Vec<(String, String)> = conn
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(my)?;
-        let get = |n: &str| {
-            status
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
-        let (Some(file), Some(pos)) = (
-            get("binlog_snapshot_file"),
-            get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
-        ) else {
-            return Err(SnapshotError::Mysql);
-        };
+        let (file, pos) = run::consistent_snapshot_position(conn).await?;
         let q = |s: &str| format!("`{}`", s.replace('`', "``"));
         let cols: Vec<String> = info.columns.iter().map(|c| q(&c.name)).collect();
         let sql = format!(

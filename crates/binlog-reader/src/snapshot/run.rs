@@ -74,6 +74,31 @@ impl SnapshotError {
     }
 }
 
+/// The binlog position exactly consistent with the read view of the consistent-snapshot
+/// transaction just started on `conn` (MariaDB's `binlog_snapshot_file/position`): every change
+/// before it is visible to the transaction, none after it is. The caller rolls back on error.
+pub(crate) async fn consistent_snapshot_position(
+    conn: &mut mysql_async::Conn,
+) -> Result<(String, u64), SnapshotError> {
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(my)?;
+    let get = |n: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    match (
+        get("binlog_snapshot_file"),
+        get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
+    ) {
+        (Some(file), Some(pos)) => Ok((file, pos)),
+        _ => Err(SnapshotError::Mysql),
+    }
+}
+
 fn my(e: mysql_async::Error) -> SnapshotError {
     SnapshotError::Source(e.to_string())
 }
@@ -917,22 +942,12 @@ async fn read_chunk(
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(my)?;
-    let status: Vec<(String, String)> = conn
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(my)?;
-    let get = |n: &str| {
-        status
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
-    let (Some(file), Some(pos)) = (
-        get("binlog_snapshot_file"),
-        get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
-    ) else {
-        let _ = conn.query_drop("ROLLBACK").await;
-        return Err(SnapshotError::Mysql);
+    let (file, pos) = match consistent_snapshot_position(&mut conn).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err(e);
+        }
     };
     if file.is_empty() {
         let _ = conn.query_drop("ROLLBACK").await;
