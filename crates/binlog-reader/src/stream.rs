@@ -281,31 +281,12 @@ async fn info_schema(
         )
         .await
         .map_err(ReaderError::from_mysql)?;
-    let primary_key: Vec<String> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-            (&t.db, &t.table),
-        )
+    let primary_key: Vec<String> = table::primary_key_columns(conn, t)
         .await
         .map_err(ReaderError::from_mysql)?;
-    let mut json_columns = HashSet::new();
-    if flavor == Flavor::Mariadb {
-        let checks: Vec<String> = conn
-            .exec(
-                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                (&t.db, &t.table),
-            )
-            .await
-            .map_err(ReaderError::from_mysql)?;
-        for c in checks {
-            if let Some(rest) = c.trim().strip_prefix("json_valid(`") {
-                if let Some(name) = rest.strip_suffix("`)") {
-                    json_columns.insert(name.replace("``", "`"));
-                }
-            }
-        }
-    }
+    let json_columns = table::mariadb_json_columns(conn, flavor, t)
+        .await
+        .map_err(ReaderError::from_mysql)?;
     Ok(InfoSchemaTable {
         columns,
         primary_key,

@@ -17,6 +17,8 @@ use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 use mysql_common::constants::ColumnType as T;
 
 use crate::charset::Charset;
+use cdc_event::Flavor;
+use mysql_async::prelude::Queryable;
 
 /// How a column's binlog bytes are laid out and what JSON they become.
 #[derive(Debug, Clone, PartialEq)]
@@ -550,6 +552,45 @@ pub fn parse_labels(column_type: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The primary-key columns of `t` in key order, from `information_schema` (empty: no key).
+pub(crate) async fn primary_key_columns(
+    conn: &mut mysql_async::Conn,
+    t: &TableId,
+) -> Result<Vec<String>, mysql_async::Error> {
+    conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+        (&t.db, &t.table),
+    )
+    .await
+}
+
+/// MariaDB stores JSON as LONGTEXT with a `json_valid(col)` check: the names of such columns of
+/// `t` (always empty on MySQL, which has a real JSON type).
+pub(crate) async fn mariadb_json_columns(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+    t: &TableId,
+) -> Result<HashSet<String>, mysql_async::Error> {
+    let mut json_columns = HashSet::new();
+    if flavor == Flavor::Mariadb {
+        let checks: Vec<String> = conn
+            .exec(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+                (&t.db, &t.table),
+            )
+            .await?;
+        for c in checks {
+            if let Some(rest) = c.trim().strip_prefix("json_valid(`") {
+                if let Some(name) = rest.strip_suffix("`)") {
+                    json_columns.insert(name.replace("``", "`"));
+                }
+            }
+        }
+    }
+    Ok(json_columns)
 }
 
 #[cfg(test)]

@@ -69,31 +69,12 @@ pub(crate) async fn load(
             },
         )
         .collect();
-    let pk: Vec<String> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-            (&t.db, &t.table),
-        )
+    let pk: Vec<String> = crate::table::primary_key_columns(conn, t)
         .await
         .map_err(q)?;
-    let mut json_columns = HashSet::new();
-    if flavor == Flavor::Mariadb {
-        let checks: Vec<String> = conn
-            .exec(
-                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                (&t.db, &t.table),
-            )
-            .await
-            .map_err(q)?;
-        for c in checks {
-            if let Some(rest) = c.trim().strip_prefix("json_valid(`") {
-                if let Some(name) = rest.strip_suffix("`)") {
-                    json_columns.insert(name.replace("``", "`"));
-                }
-            }
-        }
-    }
+    let json_columns = crate::table::mariadb_json_columns(conn, flavor, t)
+        .await
+        .map_err(q)?;
     let key_names: Vec<String> = if !pk.is_empty() {
         pk
     } else if let Some(k) = unique_key {
