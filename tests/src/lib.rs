@@ -41,6 +41,9 @@ pub struct StackEnv {
     pub mysql9_url: Option<String>,
     /// MySQL 9 as root, when the stack runs it.
     pub mysql9_admin_url: Option<String>,
+    /// The CA (PEM file) that signed MySQL 9's server certificate, which names 127.0.0.1 and
+    /// localhost.
+    pub mysql9_ssl_ca: Option<String>,
     /// Kafka bootstrap servers.
     pub kafka_bootstrap: String,
     /// PostgreSQL warehouse URL.
@@ -73,6 +76,7 @@ pub fn stack() -> &'static StackEnv {
             mysql_admin_url: get("MYSQL_ADMIN_URL"),
             mysql9_url: vars.get("MYSQL9_URL").cloned(),
             mysql9_admin_url: vars.get("MYSQL9_ADMIN_URL").cloned(),
+            mysql9_ssl_ca: vars.get("MYSQL9_SSL_CA").cloned(),
             kafka_bootstrap: get("KAFKA_BOOTSTRAP"),
             postgres_url: get("POSTGRES_URL"),
         }

@@ -249,3 +249,71 @@ async fn wrong_password_and_bad_config_are_reported_before_anything_else() {
     assert!(!ok);
     assert!(out.contains("source.server_id"), "{out}");
 }
+
+/// TLS to the source (MySQL 9 on the stack has a certificate from a private CA that names
+/// 127.0.0.1): verified TLS shows the protocol in the report; a CA that did not sign the
+/// certificate, and TLS against a server without it (MariaDB on the stack), fail with the fix.
+#[tokio::test]
+async fn source_tls_is_verified_and_its_failures_name_the_fix() {
+    let Some(mysql) = source_servers()
+        .into_iter()
+        .find(|s| s.flavor == cdcsync_tests::Flavor::Mysql)
+    else {
+        panic!("MySQL 9 is not configured: run `scripts/stack up mysql9`");
+    };
+    let ca = stack()
+        .mysql9_ssl_ca
+        .clone()
+        .expect("MYSQL9_SSL_CA is set with MySQL 9");
+    let with_tls = |server: &SourceServer, db: &str, tls: &str| {
+        config(&server.url, db, "orders", 5401, &stack().kafka_bootstrap).replacen(
+            "include_tables",
+            &format!("tls = {tls}\ninclude_tables"),
+            1,
+        )
+    };
+    let db = db_with_tables(&mysql).await;
+
+    let (ok, out) = run_check(&with_tls(
+        &mysql,
+        &db.name,
+        &format!("{{ mode = \"verify_identity\", ca_file = \"{ca}\" }}"),
+    ));
+    assert!(ok, "verified TLS must pass:\n{out}");
+    let l = line(&out, "source TLS");
+    assert!(
+        l.starts_with("PASS") && l.contains("TLSv1.") && l.contains("verify_identity"),
+        "{out}"
+    );
+
+    // The system bundle holds public CAs only, none of which signed the stack's certificate.
+    let (ok, out) = run_check(&with_tls(
+        &mysql,
+        &db.name,
+        "{ mode = \"verify_ca\", ca_file = \"/etc/ssl/certs/ca-certificates.crt\" }",
+    ));
+    assert!(!ok, "an untrusted certificate must fail:\n{out}");
+    let l = line(&out, "source TLS");
+    assert!(l.starts_with("FAIL"), "{out}");
+    assert!(
+        out.contains("source.tls.ca_file"),
+        "the fix names ca_file:\n{out}"
+    );
+
+    // `required` encrypts without verifying, so the untrusted certificate is accepted.
+    let (ok, out) = run_check(&with_tls(&mysql, &db.name, "{ mode = \"required\" }"));
+    assert!(ok, "{out}");
+    assert!(line(&out, "source TLS").contains("TLSv1."), "{out}");
+    db.drop_db().await;
+
+    let maria = cdcsync_tests::mariadb();
+    let mdb = db_with_tables(&maria).await;
+    let (ok, out) = run_check(&with_tls(&maria, &mdb.name, "{ mode = \"required\" }"));
+    assert!(
+        !ok,
+        "TLS against a server without TLS must fail, never downgrade:\n{out}"
+    );
+    let l = line(&out, "source TLS");
+    assert!(l.starts_with("FAIL") && l.contains("SSL"), "{out}");
+    mdb.drop_db().await;
+}

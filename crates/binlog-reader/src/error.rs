@@ -33,6 +33,14 @@ pub enum ReaderError {
         /// The server's message.
         detail: String,
     },
+    /// TLS to the source failed in a way reconnecting cannot cure.
+    #[error("TLS to the source failed: {detail}. Fix: {fix}")]
+    Tls {
+        /// What failed.
+        detail: String,
+        /// What the operator can do.
+        fix: &'static str,
+    },
     /// The source runs with settings the reader would lose data under.
     #[error("source setting refused: {0}")]
     SourceSetting(String),
@@ -78,6 +86,7 @@ impl ReaderError {
             ReaderError::GtidUnknown { .. } => "gtid_unknown",
             ReaderError::ServerId { .. } => "server_id",
             ReaderError::Auth { .. } => "auth",
+            ReaderError::Tls { .. } => "tls",
             ReaderError::UnsupportedEvent { .. } => "unsupported_event",
             ReaderError::Source(_) | ReaderError::Kafka(_) | ReaderError::Shutdown(_) => {
                 "transient"
@@ -90,7 +99,10 @@ impl ReaderError {
     pub fn from_mysql(e: mysql_async::Error) -> Self {
         match &e {
             mysql_async::Error::Server(s) => classify_server_error(s.code, &s.message),
-            _ => ReaderError::Source(e.to_string()),
+            _ => match crate::source::tls_failure(&e) {
+                Some((detail, fix)) => ReaderError::Tls { detail, fix },
+                None => ReaderError::Source(e.to_string()),
+            },
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod kafka;
 mod metrics;
 pub mod preflight;
 pub mod snapshot;
+pub mod source;
 mod stream;
 pub mod table;
 

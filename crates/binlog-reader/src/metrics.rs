@@ -49,6 +49,7 @@ pub(crate) fn register() {
         "gtid_unknown",
         "server_id",
         "auth",
+        "tls",
         "config",
         "unsupported_event",
         "transient",

@@ -78,27 +78,13 @@ async fn var(conn: &mut mysql_async::Conn, name: &str) -> Option<String> {
 /// Runs every source check. Never fails itself: a failure to connect is a failing report.
 pub async fn check_source(source: &SourceConfig) -> SourceChecks {
     let mut reports = Vec::new();
-    let url = match source.connection_url() {
-        Ok(u) => u,
-        Err(e) => {
-            reports.push(CheckReport::fail(
-                "source connection",
-                e.to_string(),
-                "fix the [source] password setting",
-            ));
-            return SourceChecks {
-                flavor: None,
-                reports,
-            };
-        }
-    };
-    let opts = match mysql_async::Opts::from_url(&url) {
+    let opts = match crate::source::client_opts(source) {
         Ok(o) => o,
         Err(e) => {
             reports.push(CheckReport::fail(
                 "source connection",
-                format!("source.url is not a valid MySQL URL: {e}"),
-                "use mysql://user@host:port",
+                e.to_string(),
+                "fix the [source] url/password setting (mysql://user@host:port)",
             ));
             return SourceChecks {
                 flavor: None,
@@ -109,19 +95,27 @@ pub async fn check_source(source: &SourceConfig) -> SourceChecks {
     let mut conn = match mysql_async::Conn::new(opts).await {
         Ok(c) => c,
         Err(e) => {
-            let fix = match &e {
-                mysql_async::Error::Server(s) if s.code == 1045 => {
+            let tls = crate::source::tls_failure(&e);
+            let fix = match (&e, &tls) {
+                (_, Some((_, fix))) => fix,
+                (mysql_async::Error::Server(s), _) if s.code == 1045 => {
                     "check source.url user and source.password (access denied)"
                 }
                 _ => "check that the server runs and source.url points at it",
             };
-            reports.push(CheckReport::fail("source connection", e.to_string(), fix));
+            let name = if tls.is_some() {
+                "source TLS"
+            } else {
+                "source connection"
+            };
+            reports.push(CheckReport::fail(name, e.to_string(), fix));
             return SourceChecks {
                 flavor: None,
                 reports,
             };
         }
     };
+    check_tls(&mut conn, source, &mut reports).await;
     let version = var(&mut conn, "version").await.unwrap_or_default();
     let flavor = if version.to_ascii_lowercase().contains("mariadb") {
         Flavor::Mariadb
@@ -141,6 +135,34 @@ pub async fn check_source(source: &SourceConfig) -> SourceChecks {
         flavor: Some(flavor),
         reports,
     }
+}
+
+/// Reports whether the session is encrypted, so an operator sees the effective TLS state (the
+/// connection itself already failed if a required TLS mode could not be met).
+async fn check_tls(
+    conn: &mut mysql_async::Conn,
+    source: &SourceConfig,
+    reports: &mut Vec<CheckReport>,
+) {
+    let version: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        .await
+        .ok()
+        .flatten();
+    let version = version.map(|(_, v)| v).unwrap_or_default();
+    let mode = source.tls.mode.as_str();
+    reports.push(match (source.tls.mode, version.is_empty()) {
+        (cdc_config::TlsMode::Disabled, _) => CheckReport::pass(
+            "source TLS",
+            "disabled (source.tls.mode): rows cross the network in plain text",
+        ),
+        (_, false) => CheckReport::pass("source TLS", format!("{version} ({mode})")),
+        (_, true) => CheckReport::fail(
+            "source TLS",
+            format!("source.tls.mode is {mode} but the session is not encrypted"),
+            "enable TLS on the server (ssl_cert/ssl_key)",
+        ),
+    });
 }
 
 async fn check_binlog_settings(

@@ -138,15 +138,7 @@ fn now_ms() -> i64 {
 }
 
 fn connect_opts(source: &SourceConfig) -> Result<mysql_async::Opts, ReaderError> {
-    let url = source.connection_url()?;
-    let opts = mysql_async::Opts::from_url(&url).map_err(|e| {
-        ReaderError::Config(cdc_config::ConfigError::invalid(
-            "source.url",
-            e.to_string(),
-        ))
-    })?;
-    Ok(mysql_async::OptsBuilder::from_opts(opts)
-        .prefer_socket(false)
+    Ok(crate::source::client_opts(source)?
         .conn_ttl(None::<Duration>)
         .into())
 }

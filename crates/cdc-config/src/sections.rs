@@ -4,15 +4,18 @@ use serde::Deserialize;
 
 use crate::{ConfigError, Secret};
 
-/// TLS on a link. Reserved for the TLS milestone: only `disabled` is accepted today, so a config
-/// written for it fails loudly instead of silently connecting in plain text.
+/// TLS on a link. Implemented for the source (`[source.tls]`); the other links reserve the same
+/// fields for the TLS milestone and accept only `disabled` today, so a config written for it fails
+/// loudly instead of silently connecting in plain text.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// `disabled`, `required` or `verify_identity`.
+    /// `disabled`, `required`, `verify_ca` or `verify_identity` (the modes of MySQL's
+    /// `--ssl-mode` and Debezium's `database.ssl.mode`).
     #[serde(default)]
     pub mode: TlsMode,
-    /// CA certificate (PEM) used to verify the server.
+    /// CA certificate (PEM) that signed the server's certificate. Without it, `verify_ca` and
+    /// `verify_identity` trust the built-in public roots only, which a private CA is not in.
     #[serde(default)]
     pub ca_file: Option<String>,
 }
@@ -21,21 +24,57 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
-    /// Plain TCP.
+    /// Plain TCP. (MySQL's `caching_sha2_password` then authenticates over RSA.)
     #[default]
     Disabled,
-    /// TLS without certificate verification.
+    /// Encrypted, but the server certificate is not verified: protects against eavesdropping,
+    /// not against a man in the middle.
     Required,
-    /// TLS with certificate and host name verification.
+    /// Encrypted; the certificate chain must lead to `ca_file` (or a public root), but the host
+    /// name is not checked.
+    VerifyCa,
+    /// Encrypted; chain and host name (the URL's host must be in the certificate) are verified.
     VerifyIdentity,
 }
 
+impl TlsMode {
+    /// The mode as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disabled => "disabled",
+            TlsMode::Required => "required",
+            TlsMode::VerifyCa => "verify_ca",
+            TlsMode::VerifyIdentity => "verify_identity",
+        }
+    }
+}
+
 impl TlsConfig {
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+    /// Validates a link that implements TLS: a `ca_file` must exist and be readable.
+    fn validate_implemented(&self, key: &str) -> Result<(), ConfigError> {
+        if let Some(ca) = &self.ca_file {
+            if self.mode == TlsMode::Disabled {
+                return Err(ConfigError::invalid(
+                    format!("{key}.ca_file"),
+                    "is set but mode is \"disabled\": set mode = \"verify_identity\" (or \"verify_ca\") to use it, or remove ca_file",
+                ));
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.ca_file"),
+                    format!("cannot read {ca:?}: {e}; point it at the PEM file of the CA that signed the server certificate"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a link whose TLS lands with the TLS milestone: only `disabled` is accepted.
+    fn validate_reserved(&self, key: &str) -> Result<(), ConfigError> {
         if self.mode != TlsMode::Disabled {
             return Err(ConfigError::invalid(
                 format!("{key}.mode"),
-                "TLS is not supported yet; set it to \"disabled\" (TLS lands with the TLS/SASL milestone)",
+                "TLS is not supported on this link yet; set it to \"disabled\" (TLS lands with the TLS/SASL milestone)",
             ));
         }
         Ok(())
@@ -123,7 +162,7 @@ impl SourceConfig {
                 }
             }
         }
-        self.tls.validate("source.tls")
+        self.tls.validate_implemented("source.tls")
     }
 
     /// The URL with the password filled in from `password` (if any).
@@ -249,7 +288,7 @@ impl WarehouseConfig {
                 ));
             }
         }
-        self.tls.validate("warehouse.tls")
+        self.tls.validate_reserved("warehouse.tls")
     }
 
     /// The PostgreSQL schema that receives tables of source database `db`.
@@ -379,13 +418,28 @@ mod tests {
         let cases = [
             ("server_id = 0", "source.server_id"),
             ("exclude_tables = [\"orders\"]", "source.exclude_tables"),
-            ("tls = { mode = \"required\" }", "source.tls.mode"),
+            (
+                "tls = { mode = \"verify_identity\", ca_file = \"/nonexistent/ca.pem\" }",
+                "source.tls.ca_file",
+            ),
+            (
+                "tls = { ca_file = \"/etc/hostname\" }",
+                "source.tls.ca_file",
+            ),
         ];
         for (extra, key) in cases {
             let err = source(extra).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
         source("").unwrap().validate().unwrap();
+        source("tls = { mode = \"required\" }")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let e = source("tls = { mode = \"bogus\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus") && e.contains("tls.mode"), "{e}");
     }
 
     #[test]
