@@ -43,10 +43,15 @@ pub struct ApplierConfig {
     /// `topics` is empty. Default: `^<prefix>\.[^.]+\.[^.]+$`, every `<prefix>.<db>.<table>`.
     #[serde(default)]
     pub topic_pattern: Option<String>,
-    /// A partition's batch is applied once it holds this many events...
+    /// Most events in one partition's batch (one PostgreSQL transaction). A batch is applied as
+    /// soon as a transaction slot is free, with whatever has arrived by then up to this bound, so
+    /// batches reach it only under a backlog.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
-    /// ...or this many milliseconds after its first event arrived, whichever comes first.
+    /// How long (ms) a batch lingers for more events after its first one before it waits for a
+    /// transaction slot, unless it is full. 0 (the default) applies as soon as a slot is free,
+    /// which gives the lowest latency; a few ms make batches larger at low rates (fewer, bigger
+    /// transactions) at the cost of that much latency.
     #[serde(default = "default_batch_max_ms")]
     pub batch_max_ms: u64,
     /// Upper bound on PostgreSQL transactions running at once (one per partition being applied),
@@ -99,7 +104,7 @@ fn default_batch_max_events() -> usize {
     2000
 }
 fn default_batch_max_ms() -> u64 {
-    200
+    0
 }
 fn default_max_concurrent_transactions() -> u32 {
     2
@@ -180,10 +185,10 @@ impl ApplierConfig {
                 "must be between 1 and 100000",
             ));
         }
-        if self.batch_max_ms == 0 {
+        if self.batch_max_ms > 60_000 {
             return Err(ConfigError::invalid(
                 "applier.batch_max_ms",
-                "must be above 0",
+                "must be at most 60000 (it adds that much latency to every batch)",
             ));
         }
         if self.max_concurrent_transactions == 0 {
@@ -284,7 +289,7 @@ mod tests {
     fn validation_names_the_key() {
         let cases = [
             ("batch_max_events = 0", "applier.batch_max_events"),
-            ("batch_max_ms = 0", "applier.batch_max_ms"),
+            ("batch_max_ms = 60001", "applier.batch_max_ms"),
             (
                 "max_concurrent_transactions = 0",
                 "applier.max_concurrent_transactions",

@@ -64,7 +64,10 @@ pub fn consumer_config(kafka: &KafkaConfig, applier: &ApplierConfig) -> ClientCo
         // A resumed partition waits for the broker's answer to the fetch in flight; keep that
         // long poll short.
         .set("fetch.wait.max.ms", "100")
-        .set("topic.metadata.refresh.interval.ms", "10000");
+        // A pattern subscription sees a new table topic (a table's first event, a snapshot of a
+        // new table) only at the next metadata refresh; librdkafka's default is 5 min. Two
+        // seconds keep that wait short at the cost of one small metadata request per refresh.
+        .set("topic.metadata.refresh.interval.ms", "2000");
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -146,7 +149,10 @@ pub async fn run(
         },
         dead_letters,
         batch_max_events: applier.batch_max_events,
-        batch_max: Duration::from_millis(applier.batch_max_ms),
+        batch_linger: Duration::from_millis(applier.batch_max_ms),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            applier.max_concurrent_transactions as usize,
+        )),
         backoff_initial: Duration::from_millis(applier.retry_initial_backoff_ms),
         backoff_max: Duration::from_millis(applier.retry_max_backoff_ms),
     });
