@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use binlog_reader::snapshot::SnapshotClock;
 use binlog_reader::ZeroDates;
 use cdc_event::{ChangeEvent, EventId, Op, SnapshotMarker, Source, Version, CONNECTOR_VERSION};
 use mysql_async::prelude::Queryable;
@@ -67,19 +68,20 @@ async fn ensure_topic(r: &Reconciler, topic: &str) -> Result<(), ReconcileError>
 /// produced.
 ///
 /// The rows are read and encoded by the reader's own snapshot code
-/// (`binlog_reader::snapshot::read_rows_consistent`): a consistent-snapshot transaction whose
-/// binlog position (`binlog_snapshot_position`) is exactly the read view's, and the snapshot
+/// (`binlog_reader::snapshot::read_rows_consistent`): a consistent-snapshot transaction started
+/// by the snapshot's [`SnapshotClock`] (on MariaDB the read view's exact binlog position, on
+/// MySQL a GTID-fenced position every earlier transaction of which is visible), and the snapshot
 /// encoder, so a repair event is byte for byte what a snapshot of those rows would produce.
 pub(crate) async fn repair(
     r: &Reconciler,
     plan: &TablePlan,
     differences: &mut [(Candidate, bool)],
 ) -> Result<u64, ReconcileError> {
-    if r.flavor == Flavor::Mysql {
-        return Err(ReconcileError::Definite(
-            "--repair needs a MariaDB source: MySQL has no binlog position exactly consistent with a read view, so a repair event could lose a concurrent update (docs/decisions/0002-snapshot-consistency.md); the report above is still exact".into(),
-        ));
-    }
+    let flavor = match r.flavor {
+        Flavor::Mariadb => cdc_event::Flavor::Mariadb,
+        Flavor::Mysql => cdc_event::Flavor::Mysql,
+    };
+    let clock = SnapshotClock::new(flavor);
     let producer = producer(r)?;
     let prefix = r.kafka.prefix(&r.source.name).to_string();
     let topic = cdc_event::topic_name(&prefix, &plan.table);
@@ -91,6 +93,7 @@ pub(crate) async fn repair(
         let keys: Vec<Key> = batch.iter().map(|(c, _)| c.key.clone()).collect();
         let read = binlog_reader::snapshot::read_rows_consistent(
             &mut conn,
+            &clock,
             &plan.table,
             &plan.my_keys_where(&keys),
             ZeroDates::Null,
@@ -149,7 +152,7 @@ pub(crate) async fn repair(
                 after,
                 source: Source {
                     version: CONNECTOR_VERSION.into(),
-                    connector: "mariadb".into(),
+                    connector: flavor.connector().into(),
                     name: r.source.name.clone(),
                     ts_ms,
                     snapshot: SnapshotMarker::True,

@@ -71,6 +71,7 @@
 //! `docs/decisions/0002-snapshot-consistency.md`. Snapshots of a MySQL source are refused with a
 //! definite error instead of risking lost updates.
 
+mod clock;
 mod encode;
 pub mod metrics;
 pub mod progress;
@@ -83,6 +84,7 @@ use std::collections::BTreeMap;
 use cdc_config::ConfigError;
 use serde::Deserialize;
 
+pub use clock::SnapshotClock;
 pub use run::{SnapshotError, Snapshots};
 pub use signal::{request_snapshot, signal_topic, wait_for_snapshots};
 
@@ -171,8 +173,8 @@ impl SnapshotConfig {
 /// Rows selected in one consistent-snapshot transaction and encoded exactly as snapshot rows.
 #[derive(Debug)]
 pub struct ConsistentRows {
-    /// The binlog position of the read view (`binlog_snapshot_file`/`_position`): every change
-    /// committed before it is in the rows, none after it.
+    /// The version of the read (see [`SnapshotClock::begin`]): every change before it is in the
+    /// rows; a change after it is either in the rows too or streamed with a greater version.
     pub position: cdc_event::BinlogPosition,
     /// The table's schema block, the same one snapshot and streamed events carry.
     pub schema: std::sync::Arc<cdc_event::TableSchema>,
@@ -181,11 +183,12 @@ pub struct ConsistentRows {
 }
 
 /// Selects the rows of `table` matching `where_sql` (trusted SQL built by the caller) in a
-/// `START TRANSACTION WITH CONSISTENT SNAPSHOT` on a MariaDB source and encodes them with the
-/// snapshot encoder. Used by reconciliation (`crates/reconcile`) to build repair events with the
-/// same argument as a snapshot chunk; MySQL is refused as for snapshots ([`SnapshotError::Mysql`]).
+/// consistent-snapshot transaction started by `clock` (the same one a snapshot chunk uses, on
+/// either flavor) and encodes them with the snapshot encoder. Used by reconciliation
+/// (`crates/reconcile`) to build repair events with the same argument as a snapshot chunk.
 pub async fn read_rows_consistent(
     conn: &mut mysql_async::Conn,
+    clock: &SnapshotClock,
     table: &cdc_event::TableId,
     where_sql: &str,
     zero: crate::config::ZeroDates,
@@ -195,12 +198,9 @@ pub async fn read_rows_consistent(
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
         .await
         .map_err(my)?;
-    let info = schema::load(conn, cdc_event::Flavor::Mariadb, table, None).await?;
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(my)?;
+    let info = schema::load(conn, clock.flavor(), table, None).await?;
+    let position = clock.begin(conn).await?;
     let result = async {
-        let (file, pos) = run::consistent_snapshot_position(conn).await?;
         let q = |s: &str| format!("`{}`", s.replace('`', "``"));
         let cols: Vec<String> = info.columns.iter().map(|c| q(&c.name)).collect();
         let sql = format!(
@@ -227,7 +227,7 @@ pub async fn read_rows_consistent(
             ));
         }
         Ok(ConsistentRows {
-            position: cdc_event::BinlogPosition { file, pos },
+            position,
             schema: info.schema.clone(),
             rows: out,
         })

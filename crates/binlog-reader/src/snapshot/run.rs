@@ -25,7 +25,7 @@ use super::encode::{encode_row, envelope, ChunkCtx};
 use super::metrics::{self as m, SnapshotFailed};
 use super::progress::{self, KeyVal, Segment, State, TableProgress};
 use super::signal::{signal_topic, SignalConsumer};
-use super::{schema, SnapshotConfig, SnapshotMode};
+use super::{schema, SnapshotClock, SnapshotConfig, SnapshotMode};
 
 /// Why a snapshot (or a request) failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,9 @@ pub enum SnapshotError {
         /// What and the fix.
         problem: String,
     },
-    /// The source is MySQL (definite; see docs/decisions/0002-snapshot-consistency.md).
-    #[error("snapshots of a MySQL source are not supported: MySQL has no binlog position that is exactly consistent with a read view (MariaDB's binlog_snapshot_position), and a position read beside the SELECT can lose updates (two-phase commit window). Fix: snapshot from a MariaDB source, or load the table by other means while the reader streams; see docs/decisions/0002-snapshot-consistency.md")]
-    Mysql,
+    /// A source setting makes a consistent snapshot impossible (definite; names the fix).
+    #[error("source setting: {0}")]
+    SourceSetting(String),
     /// A bad request.
     #[error("{0}")]
     Request(String),
@@ -69,33 +69,9 @@ impl SnapshotError {
             SnapshotError::Source(s) => ReaderError::Source(s),
             SnapshotError::Kafka(s) => ReaderError::Kafka(s),
             SnapshotError::Produce(e) => e,
+            SnapshotError::SourceSetting(s) => ReaderError::SourceSetting(s),
             other => ReaderError::SourceSetting(other.to_string()),
         }
-    }
-}
-
-/// The binlog position exactly consistent with the read view of the consistent-snapshot
-/// transaction just started on `conn` (MariaDB's `binlog_snapshot_file/position`): every change
-/// before it is visible to the transaction, none after it is. The caller rolls back on error.
-pub(crate) async fn consistent_snapshot_position(
-    conn: &mut mysql_async::Conn,
-) -> Result<(String, u64), SnapshotError> {
-    let status: Vec<(String, String)> = conn
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(my)?;
-    let get = |n: &str| {
-        status
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
-    match (
-        get("binlog_snapshot_file"),
-        get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
-    ) {
-        (Some(file), Some(pos)) => Ok((file, pos)),
-        _ => Err(SnapshotError::Mysql),
     }
 }
 
@@ -125,6 +101,8 @@ struct Shared {
     sink: Arc<Sink>,
     pool: Pool,
     flavor: Flavor,
+    /// Starts each chunk's consistent-snapshot transaction and gives its version (per flavor).
+    clock: SnapshotClock,
     server_id: u32,
     /// Bounds the chunks read at once over all tables.
     permits: Semaphore,
@@ -293,9 +271,6 @@ impl Snapshots {
             .cloned()
             .collect();
         if checkpoint.is_none() && cfg.mode != SnapshotMode::Never {
-            if flavor == Flavor::Mysql {
-                return Err(SnapshotError::Mysql.into_reader());
-            }
             let now = now_ms();
             for t in &tables {
                 if jobs.iter().any(|j| &j.table == t) {
@@ -308,9 +283,6 @@ impl Snapshots {
                 jobs.push(p);
             }
             tracing::info!(tables = ?tables, "first start without a checkpoint: initial snapshot requested");
-        }
-        if flavor == Flavor::Mysql && !jobs.is_empty() {
-            return Err(SnapshotError::Mysql.into_reader());
         }
         let bars = (cfg.progress_bars && std::io::stderr().is_terminal())
             .then(indicatif::MultiProgress::new);
@@ -325,6 +297,7 @@ impl Snapshots {
             sink,
             pool,
             flavor,
+            clock: SnapshotClock::new(flavor),
             server_id,
             active: Mutex::new(HashSet::new()),
             bars,
@@ -362,9 +335,6 @@ impl Snapshots {
                 ReaderError::Purged { .. } | ReaderError::GtidUnknown { .. }
             )
         {
-            return Ok(false);
-        }
-        if shared.flavor == Flavor::Mysql {
             return Ok(false);
         }
         tracing::warn!(error = %e, "snapshot.mode = when_needed: resetting the checkpoint to the current position and snapshotting every captured table again");
@@ -458,10 +428,6 @@ async fn coordinator(
                     if !valid {
                         let e = SnapshotError::Request(format!("{t} is not a captured table of this reader"));
                         tracing::error!(error = %e, "snapshot request refused");
-                        continue;
-                    }
-                    if shared.flavor == Flavor::Mysql {
-                        SnapshotFailed { table: t, error: &SnapshotError::Mysql }.emit();
                         continue;
                     }
                     let p = TableProgress::requested(t, "signal", now_ms());
@@ -939,26 +905,7 @@ async fn read_chunk(
     let limit = shared.cfg.chunk_size;
     let (sql, params) = chunk_query(info, lo, hi, after, limit);
     let mut conn = shared.pool.get_conn().await.map_err(my)?;
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(my)?;
-    let (file, pos) = match consistent_snapshot_position(&mut conn).await {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = conn.query_drop("ROLLBACK").await;
-            return Err(e);
-        }
-    };
-    if file.is_empty() {
-        let _ = conn.query_drop("ROLLBACK").await;
-        return Err(SnapshotError::Table {
-            table: info.label.clone(),
-            problem:
-                "cannot be snapshotted: the source reports no binlog_snapshot_file (is log_bin on?)"
-                    .into(),
-        });
-    }
-    let position = BinlogPosition { file, pos };
+    let position = shared.clock.begin(&mut conn).await?;
     let version = Version::at(&position, 0)
         .map_err(|e| SnapshotError::Source(e.to_string()))?
         .to_string();
