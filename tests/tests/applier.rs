@@ -333,6 +333,26 @@ impl Source_ {
     }
 }
 
+impl Source_ {
+    /// A snapshot row (`op = "r"`) of `image` read at binlog position `pos`, as the reader's
+    /// snapshot makes it: version `(file, pos, 0)`, a deterministic snapshot event id.
+    fn snapshot_at(
+        &self,
+        schema: &Arc<TableSchema>,
+        image: Map<String, Value>,
+        pos: u64,
+    ) -> ChangeEvent {
+        let mut e = self.event_at(schema, Op::Read, None, Some(image), pos);
+        let p = BinlogPosition {
+            file: e.source.file.clone(),
+            pos,
+        };
+        e.source.snapshot = SnapshotMarker::True;
+        e.source.event_id = EventId::snapshot("src", &p, "shop.orders", &e.key_json().unwrap());
+        e
+    }
+}
+
 /// A Kafka message: key and value (`None` = tombstone).
 type Msg = (String, Option<String>);
 
@@ -752,6 +772,162 @@ async fn stale_events(mode: DeleteMode) {
             vec![(
                 r#"{"id":2}"#.to_string(),
                 del.source.cdc_version.to_string()
+            )]
+        );
+    }
+    fx.pg.drop_schema().await;
+}
+
+/// Snapshot rows (`op = "r"`) take the bulk path: no processed-message ids, the version guard
+/// alone decides. Delivered twice (in one batch and in a later one), older than an applied stream
+/// update, newer than the stored row, and older than a later delete: the warehouse ends exactly
+/// as the versions say (soft deletes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_merge_through_the_version_guard_soft_delete() {
+    snapshot_rows(DeleteMode::Soft).await;
+}
+
+/// The same with hard deletes: a snapshot row older than the delete's tombstone stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_merge_through_the_version_guard_hard_delete() {
+    snapshot_rows(DeleteMode::Hard).await;
+}
+
+async fn snapshot_rows(mode: DeleteMode) {
+    let fx = fixture(1).await;
+    let schema = orders_schema();
+    let mut src = Source_::new();
+    let mut model = Model {
+        hard: mode == DeleteMode::Hard,
+        ..Model::default()
+    };
+    let mut first = Vec::new();
+    let mut stream_events = 0i64;
+
+    // Row 10: a snapshot row, delivered twice in a row (one batch), and again later.
+    let (img10, t10) = order_row(10, 4);
+    let snap10 = src.snapshot_at(&schema, img10, src.pos + 50);
+    src.next_pos();
+    model.apply(&snap10, t10);
+    first.push(msg(&snap10));
+    first.push(msg(&snap10));
+
+    // Row 11: insert@v1, update@v3 applied; the snapshot row read at v2 arrives afterwards.
+    let (i11, ti11) = order_row(11, 0);
+    let ins11 = src.event(&schema, Op::Create, None, Some(i11.clone()));
+    let pos_snap11 = src.next_pos();
+    let (u11, tu11) = order_row(11, 3);
+    let upd11 = src.event(&schema, Op::Update, Some(i11), Some(u11));
+    let (s11, ts11) = order_row(11, 1);
+    let snap11 = src.snapshot_at(&schema, s11, pos_snap11);
+
+    // Row 12: insert@v1 applied; a snapshot row read later (v2 > v1, another image) wins.
+    let (i12, ti12) = order_row(12, 0);
+    let ins12 = src.event(&schema, Op::Create, None, Some(i12));
+    let pos_snap12 = src.next_pos();
+    let (s12, ts12) = order_row(12, 7);
+    let snap12 = src.snapshot_at(&schema, s12, pos_snap12);
+
+    // Row 13: insert@v1, delete@v3 applied; the snapshot row read at v2 must not resurrect it.
+    let (i13, ti13) = order_row(13, 0);
+    let ins13 = src.event(&schema, Op::Create, None, Some(i13.clone()));
+    let pos_snap13 = src.next_pos();
+    let del13 = src.event(&schema, Op::Delete, Some(i13.clone()), None);
+    let snap13 = src.snapshot_at(&schema, i13, pos_snap13);
+
+    for (e, t) in [
+        (&ins11, ti11),
+        (&upd11, tu11),
+        (&ins12, ti12),
+        (&ins13, ti13.clone()),
+        (&del13, ti13.clone()),
+    ] {
+        model.apply(e, t);
+        first.push(msg(e));
+        stream_events += 1;
+        if e.op == Op::Delete {
+            first.push(tombstone(e));
+        }
+    }
+    let applier = ApplierConfig {
+        delete_mode: mode,
+        ..fx.applier.clone()
+    };
+    produce_all(&fx.producer, &fx.topic, &first).await;
+    let run = start(&fx, &applier);
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &model.expected_rows(14),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // The late snapshot rows, each in its own batch after the stream's effects are committed,
+    // and row 10's snapshot row once more.
+    let second = [msg(&snap11), msg(&snap12), msg(&snap13), msg(&snap10)];
+    model.apply(&snap11, ts11);
+    model.apply(&snap12, ts12);
+    model.apply(&snap13, ti13);
+    produce_all(&fx.producer, &fx.topic, &second).await;
+    // Snapshot rows leave no processed id, so wait for the group's committed offset instead.
+    let total = (first.len() + second.len()) as i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group_committed(&applier.group_id, &fx.topic, 1).await < total
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.stop().await.unwrap();
+    assert_eq!(
+        group_committed(&applier.group_id, &fx.topic, 1).await,
+        total,
+        "every message consumed and committed"
+    );
+    let expected = model.expected_rows(14);
+    // The model says: 10 = its snapshot image, 11 = the stream update (v3), 12 = the snapshot
+    // image (v2), 13 = deleted at v3 (soft: kept as deleted; hard: absent).
+    let ids: Vec<String> = expected.iter().map(|r| r[0].clone().unwrap()).collect();
+    let want_ids = if mode == DeleteMode::Hard {
+        vec!["10", "11", "12"]
+    } else {
+        vec!["10", "11", "12", "13"]
+    };
+    assert_eq!(ids, want_ids);
+    assert_eq!(
+        expected[1][14],
+        Some(upd11.source.cdc_version.to_string()),
+        "row 11 keeps the stream update's version"
+    );
+    assert_eq!(
+        expected[2][14],
+        Some(snap12.source.cdc_version.to_string()),
+        "row 12 takes the snapshot's version"
+    );
+    assert_warehouse(
+        &fx,
+        "orders",
+        ORDERS_SELECT,
+        &expected,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Only the streamed events recorded ids: the snapshot rows took the bulk path.
+    assert_eq!(processed_count(&fx).await, stream_events);
+    if mode == DeleteMode::Hard {
+        let tomb: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT row_key, version::text FROM \"{}\".tombstones",
+            fx.pg.name
+        ))
+        .fetch_all(&fx.pg.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            tomb,
+            vec![(
+                r#"{"id":13}"#.to_string(),
+                del13.source.cdc_version.to_string()
             )]
         );
     }

@@ -27,6 +27,38 @@
 //! write commit atomically, and offsets are stored only after the commit (see `worker`), a crash
 //! at any point leaves either both or neither, and redelivery is absorbed.
 //!
+//! # Snapshot rows (`op = "r"`) skip the processed-message table
+//!
+//! The ids only matter for events the guard alone would not absorb, and snapshot rows are not
+//! among them. A snapshot row of key `k` read at position `P` carries the version `V = (F, P, 0)`
+//! (see the reader's snapshot module): no streamed event has version `V`, every streamed change
+//! committed before the read has a smaller version and every later one a larger. So:
+//!
+//! * the same snapshot row delivered again (Kafka redelivery, a repeated chunk at the same
+//!   position) carries the same `V`; the stored row's version is then `>= V` (the first delivery
+//!   or a later change wrote it) and the strict guard `t._cdc_version < EXCLUDED._cdc_version`
+//!   ignores the repeat;
+//! * a snapshot row older than a change already applied to `k` (a stream update or delete with a
+//!   version `> V`) loses to the guard, and in hard-delete mode to the tombstone check, which
+//!   snapshot rows go through exactly like upserts (`tb.version >= s._cdc_ver` keeps them out);
+//! * a snapshot row newer than the stored row wins, as it must: the read saw every change of `k`
+//!   below `V`;
+//! * a later chunk at another position is a newer, correct read of the same rows and wins.
+//!
+//! Within a batch, winners are still chosen by version across snapshot and streamed events of a
+//! key, and a winner that is a snapshot row is always written (under the guard). If the winner is
+//! a streamed event whose id was already processed, the row's version is at least the winner's,
+//! which is above every snapshot row of that key in the batch, so skipping them is again what
+//! the guard would do. Skipping the ids saves, per snapshot row, one index insert into
+//! `processed_messages` and the WAL for it (about 40% of the apply cost in MEASURED.md), and the
+//! retention job has nothing to prune for a snapshot of millions of rows.
+//!
+//! What the metrics can still tell apart: a snapshot row is never a *duplicate* (no id was
+//! looked up), except for an id repeated within one batch; a snapshot row the guard ignored,
+//! whether stale or a repeat of an earlier delivery, counts as *stale*. As for streamed events,
+//! `rows_applied` counts every event whose effect is in the committed transaction, including
+//! those the guard ignored.
+//!
 //! # Shape of the SQL (one round trip per step, never one per row)
 //!
 //! Per run of events of one table and schema: `CREATE TEMP TABLE ... ON COMMIT DROP AS SELECT`
@@ -306,7 +338,8 @@ impl Applier {
         }
         copy.finish().await?;
 
-        let sql = self.statement(&stage, target, &cols);
+        let has_snapshot = staged.iter().any(|e| e.op == Op::Read);
+        let sql = self.statement(&stage, target, &cols, has_snapshot);
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(&sql)
             .bind(topic)
             .bind(partition)
@@ -340,8 +373,15 @@ impl Applier {
     }
 
     /// The one statement that records ids and applies the fresh winners of a staged run.
-    /// Parameters: `$1` topic, `$2` partition, `$3` target name (tombstone key).
-    fn statement(&self, stage: &str, target: &Target, cols: &[String]) -> String {
+    /// Parameters: `$1` topic, `$2` partition, `$3` target name (tombstone key). With
+    /// `has_snapshot`, snapshot rows (`op = "r"`) record no id and count as fresh (module docs).
+    fn statement(
+        &self,
+        stage: &str,
+        target: &Target,
+        cols: &[String],
+        has_snapshot: bool,
+    ) -> String {
         let m = ident(&self.meta_schema);
         let t = &target.qualified;
         let col_list = cols.join(", ");
@@ -359,7 +399,24 @@ impl Applier {
         for b in crate::tables::BOOKKEEPING {
             set.push(format!("{b} = EXCLUDED.{b}"));
         }
-        let fresh_winner = "s._cdc_win AND s._cdc_mid IN (SELECT message_id FROM fresh)";
+        // The run's events that need their id recorded, the winners to write, and how the
+        // counting query tells fresh events (ids newly recorded, and snapshot rows) apart.
+        let (id_filter, fresh_winner, count_from) = if has_snapshot {
+            (
+                " WHERE s._cdc_op <> 'r'",
+                "s._cdc_win AND (s._cdc_op = 'r' OR s._cdc_mid IN (SELECT message_id FROM fresh))",
+                format!(
+                    "{stage} s LEFT JOIN fresh f ON f.message_id = s._cdc_mid \
+                     WHERE s._cdc_op = 'r' OR f.message_id IS NOT NULL"
+                ),
+            )
+        } else {
+            (
+                "",
+                "s._cdc_win AND s._cdc_mid IN (SELECT message_id FROM fresh)",
+                format!("{stage} s JOIN fresh f ON f.message_id = s._cdc_mid"),
+            )
+        };
         let (up_filter, extra) = match self.delete_mode {
             DeleteMode::Soft => (String::new(), String::new()),
             DeleteMode::Hard => {
@@ -393,7 +450,7 @@ impl Applier {
         format!(
             "WITH fresh AS (\
                INSERT INTO {m}.processed_messages AS p (message_id, topic, partition, kafka_offset, applied_at) \
-               SELECT s._cdc_mid, $1, $2, s._cdc_off, now() FROM {stage} s \
+               SELECT s._cdc_mid, $1, $2, s._cdc_off, now() FROM {stage} s{id_filter} \
                ON CONFLICT (message_id) DO NOTHING RETURNING p.message_id), \
              up AS (\
                INSERT INTO {t} AS t ({col_list}, _cdc_version, _cdc_deleted, _cdc_source_ts, _cdc_applied_at) \
@@ -402,7 +459,7 @@ impl Applier {
                ON CONFLICT ({keys}) DO UPDATE SET {set} WHERE t._cdc_version < EXCLUDED._cdc_version \
                RETURNING 1){extra} \
              SELECT s._cdc_op, count(*), count(*) FILTER (WHERE s._cdc_win), {written} \
-             FROM {stage} s JOIN fresh f ON f.message_id = s._cdc_mid GROUP BY s._cdc_op",
+             FROM {count_from} GROUP BY s._cdc_op",
             keys = key_cols.join(", "),
             set = set.join(", "),
         )
