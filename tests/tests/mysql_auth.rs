@@ -30,21 +30,14 @@ fn admin_opts() -> Opts {
     Opts::from_url(&url).expect("MYSQL9_ADMIN_URL is a mysql:// URL")
 }
 
-/// The CA that signed the stack's MySQL 9 server certificate: `MYSQL9_SSL_CA`, or the path
-/// `scripts/stack env` prints.
+/// The CA that signed the stack's MySQL 9 server certificate.
 fn ca_path() -> PathBuf {
-    if let Ok(p) = std::env::var("MYSQL9_SSL_CA") {
-        return PathBuf::from(p);
-    }
-    let out = std::process::Command::new(cdcsync_tests::repo_root().join("scripts/stack"))
-        .arg("env")
-        .output()
-        .expect("run scripts/stack env");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("export MYSQL9_SSL_CA="))
-        .map(|v| PathBuf::from(v.trim_matches('\'')))
-        .expect("scripts/stack env prints MYSQL9_SSL_CA")
+    PathBuf::from(
+        cdcsync_tests::stack()
+            .mysql9_ssl_ca
+            .as_deref()
+            .expect("MYSQL9_SSL_CA is not set: run `scripts/stack up mysql9`"),
+    )
 }
 
 /// TLS that verifies the server certificate against the stack's CA *and* its host name

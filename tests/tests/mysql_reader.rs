@@ -67,6 +67,10 @@ fn configs(
 
 async fn start(server: &SourceServer, name: &str, db: &str) -> Running {
     let (source, kafka, reader) = configs(server, name, db);
+    start_with(source, kafka, reader).await
+}
+
+async fn start_with(source: SourceConfig, kafka: KafkaConfig, reader: ReaderConfig) -> Running {
     let shutdown = Shutdown::new();
     let health = Health::new();
     let task = {
@@ -672,5 +676,74 @@ async fn crash_restart_with_compressed_transactions_loses_nothing() {
         "compressed crash test: {committed} transactions, {} messages, {repeats} repeats",
         all.len()
     );
+    db.drop_db().await;
+}
+
+/// The replication session honours `source.tls`: with the stack's CA and host-name verification
+/// the reader streams over TLS (the server shows an encrypted binlog dump session), and with a
+/// CA that did not sign the server's certificate it stops at once with a definite TLS error
+/// instead of retrying or falling back to plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_verified_tls_and_refuses_an_untrusted_certificate() {
+    let _shared = SERVER.read().await;
+    let server = mysql9();
+    let ca = stack()
+        .mysql9_ssl_ca
+        .clone()
+        .expect("MYSQL9_SSL_CA is set with MySQL 9");
+    let db = SourceDb::create(&server).await;
+    db.exec("CREATE TABLE t (id BIGINT PRIMARY KEY, note VARCHAR(20))")
+        .await;
+
+    let name = unique_name("m9tls");
+    let (mut source, kafka, reader) = configs(&server, &name, &db.name);
+    source.tls = serde_json::from_value(json!({"mode": "verify_identity", "ca_file": ca}))
+        .expect("tls config");
+    let running = start_with(source.clone(), kafka.clone(), reader.clone()).await;
+    db.exec("INSERT INTO t VALUES (1, 'über TLS'), (2, 'b')")
+        .await;
+    let events = consume(&format!("{name}.{}.t", db.name), 2).await;
+    assert_eq!(after(&events[0])["note"], json!("über TLS"));
+    assert_eq!(after(&events[1])["id"], json!(2));
+    // Only this test connects with TLS, so an encrypted binlog dump session is the reader's.
+    let mut admin =
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&server.admin_url).expect("admin url"))
+            .await
+            .expect("admin connection");
+    let encrypted: Vec<(u64, String)> = admin
+        .query(
+            "SELECT t.THREAD_ID, s.VARIABLE_VALUE FROM performance_schema.threads t \
+             JOIN performance_schema.status_by_thread s ON s.THREAD_ID = t.THREAD_ID \
+             WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%' AND s.VARIABLE_NAME = 'Ssl_version' \
+             AND s.VARIABLE_VALUE <> ''",
+        )
+        .await
+        .expect("performance_schema query");
+    assert!(
+        encrypted.iter().any(|(_, v)| v.starts_with("TLSv1.")),
+        "no encrypted binlog dump session on the server: {encrypted:?}"
+    );
+    drop(admin);
+    running.stop().await;
+
+    let mut untrusted = source;
+    untrusted.tls = serde_json::from_value(json!({
+        "mode": "verify_ca",
+        "ca_file": "/etc/ssl/certs/ca-certificates.crt",
+    }))
+    .expect("tls config");
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        binlog_reader::run(&untrusted, &kafka, &reader, Health::new(), Shutdown::new()),
+    )
+    .await
+    .expect("an untrusted certificate stops the reader at once, without retrying");
+    match result {
+        Err(e @ ReaderError::Tls { .. }) => {
+            assert!(e.is_definite());
+            assert!(e.to_string().contains("source.tls.ca_file"), "{e}");
+        }
+        other => panic!("expected a definite TLS error, got {other:?}"),
+    }
     db.drop_db().await;
 }
