@@ -26,19 +26,49 @@
 //! not see yet, and the stale snapshot row would then carry a version above that transaction's
 //! change and overwrite it (a lost update).
 //!
-//! Every row of the chunk gets the version `V = (F, P, 0)`. Every rows event of a transaction
-//! that commits after the read view starts after that transaction's GTID/BEGIN event, which is at
-//! or after `P`, so its version is `> V`; every rows event of a visible transaction lies before
-//! `P`, so its version is `< V`. No streamed event has version `V` itself (position `P` holds a
-//! GTID event, never a rows event). Now take any key `k` of the chunk's key range:
+//! Every row of the chunk gets the version `V = (F, P, 0)`. `P` is a transaction boundary (the
+//! next transaction's GTID event starts there), so no streamed event has version `V` itself, every
+//! rows event of a transaction before `P` has a version `< V`, and every rows event of a
+//! transaction after `P` (including the events of a compressed TRANSACTION_PAYLOAD, which start
+//! after its GTID event) has a version `> V`.
 //!
-//! * `k` exists in the read view with the image produced by the last visible change `c` of `k`
-//!   (version `< V`): the snapshot event writes exactly that image with `V`. Older streamed
-//!   events of `k` lose against `V` whatever order they arrive in; every later change (version
-//!   `> V`) wins against the snapshot whatever order they arrive in, and carries a full row image
-//!   (`binlog_row_image=FULL`). So the row ends in the image of the last change of `k`.
-//! * `k` does not exist in the read view (never inserted, or deleted by a visible change): the
-//!   snapshot emits nothing for `k`; the stream alone decides it, as without a snapshot.
+//! The argument below needs only one premise about the read view, weaker than what MariaDB
+//! gives:
+//!
+//! **(A)** every transaction before `P` in the binlog is visible to the `SELECT`.
+//!
+//! It does *not* need the converse: transactions after `P` may be visible too (on MySQL some
+//! are; see below). It also uses a fact about InnoDB: a transaction changing key `k` holds a lock
+//! on `k`'s record (exclusive on a changed or delete-marked record; the duplicate-key check of an
+//! insert waits on it) until it commits, and it is written to the binlog after its changes and
+//! before its commit. So the transactions that change `k` are serialised: each writes `k` (and
+//! then the binlog) only after the previous one committed, their binlog order is the order in
+//! which they changed `k`, and the ones a read view sees form a **prefix** `c1 .. cm` of `k`'s
+//! changes `c1 .. cn` (if `cj` committed before the read view, every earlier one did).
+//!
+//! By (A) every change of `k` before `P` is in that prefix, so the changes the `SELECT` misses,
+//! `c(m+1) .. cn`, all lie after `P` and have versions `> V`. Now take any key `k` of the chunk's
+//! key range:
+//!
+//! * `k` exists in the read view, with the image after `cm`: the snapshot event writes exactly
+//!   that image with `V`. Streamed events before `P` lose against `V` whatever order they arrive
+//!   in. If `k` changed after the read view (`n > m`), the last change `cn` has a version `> V`,
+//!   wins whatever the arrival order, and carries a full row image (`binlog_row_image=FULL`), or
+//!   is a delete that keeps its version. If not (`n = m`), the row ends either in the snapshot
+//!   image (when `cn` lies before `P`) or in `cn`'s own streamed image (when `cn` lies after `P`
+//!   but was visible): the same image. Either way the row ends in the image of the last change.
+//! * `k` does not exist in the read view (never inserted, or deleted by a visible change — also
+//!   one after `P`): the snapshot emits nothing for `k`; the stream alone decides it, as without
+//!   a snapshot. An insert after `P` that the read view misses arrives through the stream with a
+//!   version `> V`; one it sees is emitted at `V` and its streamed copy (same image) wins.
+//!
+//! A repair event of reconciliation (`read_rows_consistent`) follows the same cases, plus one:
+//! for a key absent from the read view it emits a delete at `V`. Every change it could hide lies
+//! before `P` and is already reflected (absent); every later change has a version `> V` and wins.
+//!
+//! MariaDB satisfies (A) exactly (and its converse): it takes the read view and the binlog
+//! coordinates together under the lock that orders commits. MySQL satisfies (A) through the fence
+//! described in the next section.
 //!
 //! This needs the stream to deliver every change after `V`: the stream's durable start position
 //! `S0` must be `<= V`. A snapshot therefore waits until the stream has saved a checkpoint (on the
@@ -55,7 +85,9 @@
 //!
 //! Repeating a chunk (after a crash, or a failed delivery) is harmless: the same rows at the same
 //! position have the same event ids (`EventId::snapshot` = position + table + key) and the
-//! applier drops them; at a later position they are a newer correct read.
+//! applier drops them; at a later position they are a newer correct read. (On MySQL a repeat at
+//! the same position may have seen more changes after `P`; each read satisfies the argument on
+//! its own, so whichever one the applier keeps is correct.)
 //!
 //! # Durability and resume
 //!
@@ -65,11 +97,45 @@
 //! `kill -9` loses at most the chunks in flight; the restarted reader continues every unfinished
 //! segment after its saved key.
 //!
-//! # MySQL
+//! # MySQL: a GTID fence instead of `binlog_snapshot_position`
 //!
-//! MySQL has no equivalent of `binlog_snapshot_position`; see
-//! `docs/decisions/0002-snapshot-consistency.md`. Snapshots of a MySQL source are refused with a
-//! definite error instead of risking lost updates.
+//! MySQL has no binlog position recorded with the read view, and the obvious substitute — the
+//! position of `SHOW BINARY LOG STATUS` next to the `SELECT` — violates (A): with two-phase
+//! commit a transaction is written to the binlog (and, with `sync_binlog=1`, synced) *before* it
+//! commits in InnoDB, so the reported position can lie after a transaction the read view does not
+//! see, whose streamed change would then lose against the stale snapshot row (a lost update; the
+//! test `mysql_fence_closes_the_two_phase_commit_window` holds such a window open and shows it).
+//! [`SnapshotClock`] (`clock.rs`) closes it with a fence taken *before* the read view:
+//!
+//! 1. `SHOW BINARY LOG STATUS` gives `(F, P)` and `G = Executed_Gtid_Set`. The server reads `G`
+//!    first and then the written end of the binlog `P` (under `LOCK_log`, so at a group boundary).
+//!    Every transaction before `P` is in the binlog; the ones not in `G` were in flight (written,
+//!    not yet through the engine commit) or committed in between.
+//! 2. A non-blocking `COM_BINLOG_DUMP_GTID` that excludes `G` makes the server send only the
+//!    transactions not in `G`; their GTID events before `(F, P)` give the set `I`. The dump reads
+//!    to the binlog's *synced* end, which can lag `P` for the length of an fsync, so a dump that
+//!    ends before reaching `P` is repeated. Now `G ∪ I` holds every transaction before `P`.
+//! 3. `WAIT_FOR_EXECUTED_GTID_SET(I)`: MySQL adds a GTID to `gtid_executed` only after the engine
+//!    commit of its transaction (the commit stage commits the group in the engines, then updates
+//!    `gtid_executed`), so when the wait returns every transaction before `P` is committed.
+//! 4. Only then `START TRANSACTION WITH CONSISTENT SNAPSHOT`: its read view is created after all
+//!    of them committed, which is (A). Transactions committed after step 1 may be visible as well,
+//!    which the argument allows. The chunk's version is `V = (F, P, 0)`.
+//!
+//! A fence stays valid for every transaction that starts after its wait returned, so it is reused
+//! by the chunks of the next two seconds (then the per-chunk cost is the `START TRANSACTION`
+//! alone), and the next fence's dump starts at the previous fence's position, before which
+//! nothing can be in flight any more; only the first fence of a process scans from the start of
+//! the binlog file the server picks. Fences are taken after the stream's first checkpoint, like
+//! the MariaDB reads, so `S0 <= V` holds too.
+//!
+//! The dump runs with server_id 0, as `mysqlbinlog --read-from-remote-server` does: the server
+//! then never blocks at the end of the log and never treats the reader's own dump thread as a
+//! zombie to kill. The CDC user's `REPLICATION SLAVE` (dump) and `REPLICATION CLIENT`
+//! (`SHOW BINARY LOG STATUS`) suffice; `WAIT_FOR_EXECUTED_GTID_SET` needs no privilege. The fence
+//! needs `gtid_mode=ON` and refuses otherwise with a definite error (as does an anonymous
+//! transaction found before `P`). The options weighed against this one are in
+//! `docs/decisions/0002-snapshot-consistency.md`.
 
 mod clock;
 mod encode;
