@@ -343,50 +343,223 @@ impl<'a> Scan<'a> {
     fn event(&mut self, ev: &mysql_common::binlog::events::Event) -> Result<bool, SnapshotError> {
         let h = ev.header();
         let end = h.log_pos() as u64;
-        match h.event_type_raw() {
+        let step = match h.event_type_raw() {
             ROTATE => {
                 let re: RotateEvent<'_> = ev
                     .read_event()
                     .map_err(|e| SnapshotError::Source(format!("bad ROTATE event: {e}")))?;
-                let target = self.is_target(re.name_raw());
-                if self.in_target && !target {
-                    // Past the end of upto's file.
-                    self.reached = true;
-                    return Ok(true);
+                Step::Rotate {
+                    name: re.name_raw().to_vec(),
+                    pos: re.position(),
                 }
-                self.in_target = target;
-                if target && re.position() >= self.upto.pos {
-                    self.reached = true;
-                    return Ok(true);
-                }
-                return Ok(false);
             }
             GTID | GTID_TAGGED => {
-                let start = end.saturating_sub(h.event_size() as u64);
-                if self.in_target && start >= self.upto.pos {
-                    self.reached = true;
-                    return Ok(true);
-                }
                 let g: GtidEvent = ev
                     .read_event()
                     .map_err(|e| SnapshotError::Source(format!("bad GTID event: {e}")))?;
-                let tag = g.tag().map(|t| t.to_string()).unwrap_or_default();
-                self.found.add(&format_uuid(&g.sid()), &tag, g.gno());
-                self.count += 1;
+                Step::Gtid {
+                    start: end.saturating_sub(h.event_size() as u64),
+                    uuid: format_uuid(&g.sid()),
+                    tag: g.tag().map(|t| t.to_string()).unwrap_or_default(),
+                    gno: g.gno(),
+                }
             }
-            ANONYMOUS_GTID => {
+            ANONYMOUS_GTID => Step::Anonymous,
+            _ => Step::Other { end },
+        };
+        self.step(step)
+    }
+
+    /// The scan's logic on one classified event; returns whether the scan is complete.
+    fn step(&mut self, step: Step) -> Result<bool, SnapshotError> {
+        match step {
+            Step::Rotate { name, pos } => {
+                let target = self.is_target(&name);
+                if self.in_target && !target {
+                    // Past the end of upto's file.
+                    self.reached = true;
+                } else {
+                    self.in_target = target;
+                    self.reached = target && pos >= self.upto.pos;
+                }
+            }
+            Step::Gtid {
+                start,
+                uuid,
+                tag,
+                gno,
+            } => {
+                if self.in_target && start >= self.upto.pos {
+                    self.reached = true;
+                } else {
+                    self.found.add(&uuid, &tag, gno);
+                    self.count += 1;
+                }
+            }
+            Step::Anonymous => {
                 return Err(SnapshotError::SourceSetting(
                     "the binary log holds anonymous transactions (gtid_mode was not ON when they were written): snapshots of a MySQL source need every transaction to have a GTID. Fix: wait until the binary logs with anonymous transactions are purged, or snapshot later".into(),
                 ));
             }
-            _ => {}
+            // Events decompressed from a TRANSACTION_PAYLOAD carry log_pos 0; heartbeats carry
+            // the end of the transactions the server skipped.
+            Step::Other { end } => {
+                self.reached = self.in_target && end >= self.upto.pos;
+            }
         }
-        // Events decompressed from a TRANSACTION_PAYLOAD carry log_pos 0; heartbeats carry the
-        // end of the transactions the server skipped.
-        if self.in_target && end >= self.upto.pos {
-            self.reached = true;
-            return Ok(true);
+        Ok(self.reached)
+    }
+}
+
+/// A dumped event as the fence scan sees it.
+#[derive(Debug)]
+enum Step {
+    /// A ROTATE (artificial at the start of each file, or real at the end of one).
+    Rotate { name: Vec<u8>, pos: u64 },
+    /// A transaction's GTID event and its start position.
+    Gtid {
+        start: u64,
+        uuid: String,
+        tag: String,
+        gno: u64,
+    },
+    /// An ANONYMOUS_GTID event.
+    Anonymous,
+    /// Any other event (also a heartbeat) and its end position (`log_pos`, 0 when unknown).
+    Other { end: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const U: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    fn gtid(start: u64, tag: &str, gno: u64) -> Step {
+        Step::Gtid {
+            start,
+            uuid: U.into(),
+            tag: tag.into(),
+            gno,
         }
-        Ok(false)
+    }
+
+    fn rotate(name: &[u8], pos: u64) -> Step {
+        Step::Rotate {
+            name: name.to_vec(),
+            pos,
+        }
+    }
+
+    /// Feeds the steps until the scan completes; returns (reached, found, steps taken).
+    fn run(upto: (&str, u64), steps: Vec<Step>) -> (bool, String, usize) {
+        let upto = BinlogPosition {
+            file: upto.0.into(),
+            pos: upto.1,
+        };
+        let mut scan = Scan::new(&upto);
+        let mut n = 0;
+        for s in steps {
+            n += 1;
+            if scan.step(s).unwrap() {
+                break;
+            }
+        }
+        (scan.reached, scan.found.to_string(), n)
+    }
+
+    #[test]
+    fn collects_the_gtids_before_the_fence_in_its_file_and_earlier_files() {
+        let (reached, found, n) = run(
+            ("binlog.000007", 1000),
+            vec![
+                // The artificial first ROTATE still carries 4 checksum bytes.
+                rotate(b"binlog.000006\x01\x02\x03\x04", 4),
+                Step::Other { end: 126 },
+                gtid(5_000_000, "", 3), // an earlier file: before the fence whatever its offset
+                rotate(b"binlog.000007", 4),
+                gtid(400, "", 4),
+                Step::Other { end: 900 },
+                gtid(900, "tag_a", 1),
+                Step::Other { end: 1000 }, // ends at the fence: the scan is complete
+                gtid(1000, "", 5),
+            ],
+        );
+        assert!(reached);
+        assert_eq!(found, format!("{U}:3-4:tag_a:1"));
+        assert_eq!(n, 8);
+        // A transaction that starts at the fence is not before it.
+        let (reached, found, n) = run(
+            ("binlog.000007", 1000),
+            vec![
+                rotate(b"binlog.000007", 900),
+                gtid(1000, "", 5),
+                gtid(1200, "", 6),
+            ],
+        );
+        assert!(reached);
+        assert_eq!(found, "");
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_dump_that_ends_before_the_fence_has_not_reached_it() {
+        // The synced end lagged the written end: the last thing seen is a heartbeat before P.
+        let (reached, found, _) = run(
+            ("binlog.000007", 1000),
+            vec![
+                rotate(b"binlog.000007\x01\x02\x03\x04", 4),
+                gtid(400, "", 4),
+                Step::Other { end: 700 },
+            ],
+        );
+        assert!(!reached);
+        assert_eq!(found, format!("{U}:4"));
+        // A heartbeat for skipped transactions that ends at the fence completes it.
+        let (reached, found, _) = run(
+            ("binlog.000007", 1000),
+            vec![rotate(b"binlog.000007", 500), Step::Other { end: 1000 }],
+        );
+        assert!(reached);
+        assert_eq!(found, "");
+    }
+
+    #[test]
+    fn starting_at_the_fence_or_passing_its_file_completes_the_scan() {
+        let (reached, _, n) = run(
+            ("binlog.000007", 1000),
+            vec![rotate(b"binlog.000007", 1000), gtid(1000, "", 9)],
+        );
+        assert!(reached);
+        assert_eq!(n, 1);
+        let (reached, found, _) = run(
+            ("binlog.000007", 1000),
+            vec![
+                rotate(b"binlog.000007", 900),
+                gtid(950, "", 8),
+                rotate(b"binlog.000008", 4),
+            ],
+        );
+        assert!(reached);
+        assert_eq!(found, format!("{U}:8"));
+        // Events decompressed from a payload (log_pos 0) say nothing about the position.
+        let (reached, _, _) = run(
+            ("binlog.000007", 1000),
+            vec![rotate(b"binlog.000007", 900), Step::Other { end: 0 }],
+        );
+        assert!(!reached);
+    }
+
+    #[test]
+    fn anonymous_transactions_are_refused() {
+        let upto = BinlogPosition {
+            file: "binlog.000001".into(),
+            pos: 10,
+        };
+        let mut scan = Scan::new(&upto);
+        assert!(matches!(
+            scan.step(Step::Anonymous),
+            Err(SnapshotError::SourceSetting(_))
+        ));
     }
 }
