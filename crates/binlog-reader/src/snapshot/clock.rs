@@ -331,12 +331,20 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Whether a (possibly checksum-suffixed) file name from a ROTATE event is `upto`'s file.
-    /// The first, artificial ROTATE of a dump arrives before the FORMAT_DESCRIPTION that
-    /// announces checksums, so its name may carry the 4 checksum bytes.
-    fn is_target(&self, name: &[u8]) -> bool {
+    /// Where a file named by a ROTATE event lies relative to `upto`'s file. Binlog file names
+    /// share the base name and differ in a zero-padded sequence number, so a longer name is later
+    /// and names of equal length compare as bytes. The first, artificial ROTATE of a dump
+    /// arrives before the FORMAT_DESCRIPTION that announces checksums, so its name may carry
+    /// the 4 checksum bytes, which are dropped here (a real name 4 bytes longer than `upto`'s
+    /// would need a sequence number beyond 10^9).
+    fn file_order(&self, name: &[u8]) -> std::cmp::Ordering {
         let f = self.upto.file.as_bytes();
-        name == f || (name.len() == f.len() + 4 && name.starts_with(f))
+        let name = if name.len() == f.len() + 4 {
+            &name[..f.len()]
+        } else {
+            name
+        };
+        (name.len(), name).cmp(&(f.len(), f))
     }
 
     /// Takes one event; returns whether the scan is complete.
@@ -373,16 +381,18 @@ impl<'a> Scan<'a> {
     /// The scan's logic on one classified event; returns whether the scan is complete.
     fn step(&mut self, step: Step) -> Result<bool, SnapshotError> {
         match step {
-            Step::Rotate { name, pos } => {
-                let target = self.is_target(&name);
-                if self.in_target && !target {
-                    // Past the end of upto's file.
-                    self.reached = true;
-                } else {
-                    self.in_target = target;
-                    self.reached = target && pos >= self.upto.pos;
+            Step::Rotate { name, pos } => match self.file_order(&name) {
+                // A file before upto's: all of it lies before the fence.
+                std::cmp::Ordering::Less => self.in_target = false,
+                std::cmp::Ordering::Equal => {
+                    self.in_target = true;
+                    self.reached = pos >= self.upto.pos;
                 }
-            }
+                // Past upto's file: everything before the fence was seen. (Also when the server
+                // starts the dump after it: every transaction up to that file is then in the
+                // excluded set, so none before the fence is in flight.)
+                std::cmp::Ordering::Greater => self.reached = true,
+            },
             Step::Gtid {
                 start,
                 uuid,
@@ -548,6 +558,21 @@ mod tests {
             vec![rotate(b"binlog.000007", 900), Step::Other { end: 0 }],
         );
         assert!(!reached);
+        // The server started the dump after the fence's file (everything up to it executed):
+        // nothing is collected from the later file.
+        let (reached, found, n) = run(
+            ("binlog.000007", 1000),
+            vec![
+                rotate(b"binlog.000008\x01\x02\x03\x04", 4),
+                gtid(100, "", 9),
+            ],
+        );
+        assert!(reached);
+        assert_eq!(found, "");
+        assert_eq!(n, 1);
+        // Sequence numbers past six digits still order after the fence's file.
+        let (reached, _, _) = run(("binlog.999999", 1000), vec![rotate(b"binlog.1000000", 4)]);
+        assert!(reached);
     }
 
     #[test]
