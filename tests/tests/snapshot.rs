@@ -815,11 +815,19 @@ async fn table_without_primary_key_is_refused(server: SourceServer) {
 
 /// The two-phase-commit hazard on MySQL, made deterministic: `binlog_group_commit_sync_delay`
 /// holds a committing transaction for a second after it was written to the binlog and before
-/// it commits in InnoDB. In that window `SHOW BINARY LOG STATUS` already reports a position
-/// after the transaction while a new read view does not see it — the naive version would make
-/// the stale snapshot row beat the streamed update (asserted first, so the test proves the window
-/// is real). [`SnapshotClock::begin`] must return a position after the update *and* a read view
-/// that sees it: without its GTID wait the second half fails.
+/// it is synced and committed in InnoDB. In that window `SHOW BINARY LOG STATUS` already reports
+/// a position after the transaction while a new read view does not see it — the naive version
+/// would make the stale snapshot row beat the streamed update (asserted first, with the update's
+/// own binlog position, so the test proves the window is real). [`SnapshotClock::begin`] must
+/// return a position after the update *and* a read view that sees it.
+///
+/// What this catches: a fence without the binlog dump (no in-flight GTIDs found) or with no fence
+/// at all. What it does not catch: removing only the `WAIT_FOR_EXECUTED_GTID_SET` step. The dump
+/// cannot pass the update before the delayed sync, and the engine commit follows the sync within
+/// microseconds, so the remaining window (synced, not yet committed) is not held open here; no
+/// server setting available without a plugin holds it (semi-sync `AFTER_SYNC` would, but needs
+/// `rpl_semi_sync_source` installed on the shared server). Checked by hand: with the wait
+/// removed this test still passes.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_fence_closes_the_two_phase_commit_window() {
     use binlog_reader::snapshot::SnapshotClock;
@@ -846,13 +854,16 @@ async fn mysql_fence_closes_the_two_phase_commit_window() {
             .unwrap();
         t.elapsed()
     });
-    let written = loop {
-        let s = binlog_status(&mut admin).await;
-        if s != before {
-            break s;
+    // Another test's transaction may move the position first: give the update (sent before
+    // this loop) time to reach the binlog too; where it landed is checked at the end.
+    loop {
+        if binlog_status(&mut admin).await != before {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let written = binlog_status(&mut admin).await;
     admin
         .query_drop("SET GLOBAL binlog_group_commit_sync_delay = 0")
         .await
@@ -903,6 +914,28 @@ async fn mysql_fence_closes_the_two_phase_commit_window() {
     conn.query_drop("COMMIT").await.unwrap();
     let took = update.await.unwrap();
     eprintln!("update held {took:?}; fence took {fenced:?} at {v_pos:?}");
+    // The update (the only change of this database) lies before the naive position, so the
+    // naive read above really missed a transaction before its version.
+    let events: Vec<mysql_async::Row> = admin
+        .query(format!(
+            "SHOW BINLOG EVENTS IN '{}' FROM {} LIMIT 50000",
+            before.0, before.1
+        ))
+        .await
+        .unwrap();
+    let update_pos: u64 = events
+        .iter()
+        .find(|r| {
+            r.get::<String, _>("Info")
+                .is_some_and(|i| i.contains(&format!("({}.orders)", db.name)))
+        })
+        .and_then(|r| r.get("Pos"))
+        .expect("the update's TABLE_MAP event after the start position");
+    assert_eq!(before.0, naive_pos.0, "no rotation in between");
+    assert!(
+        update_pos < naive_pos.1,
+        "the update ({update_pos}) lies before the naive position {naive_pos:?}"
+    );
     assert_eq!(v_pos.file, written.0);
     assert!(
         v_pos.pos >= written.1,
