@@ -246,8 +246,8 @@ async fn check_binlog_settings(
             } else {
                 CheckReport::warn(
                     "gtid",
-                    format!("gtid_mode={mode}: resuming falls back to binlog file/position"),
-                    "set gtid_mode=ON and enforce_gtid_consistency=ON for position-independent resume",
+                    format!("gtid_mode={mode}: resuming falls back to binlog file/position, and snapshots and reconcile --repair are refused (their consistency fence waits for GTIDs)"),
+                    "set gtid_mode=ON and enforce_gtid_consistency=ON (position-independent resume, snapshots, repair)",
                 )
             });
             let compression = var(conn, "binlog_transaction_compression")
