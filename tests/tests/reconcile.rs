@@ -581,3 +581,193 @@ async fn changes_in_flight_are_not_reported() {
     );
     f.drop().await;
 }
+
+/// Values that the digest's row text must tell apart although their texts are close (a comma
+/// moved between two text columns, NULL against the empty string or empty binary, JSON `null`
+/// against SQL NULL, a microsecond across midnight, trailing zeros of fractional seconds, JSON
+/// values swapped between keys or changing type), plus values that are equal although both sides
+/// print them differently (JSON key order, spacing, escapes and number forms; fractional seconds
+/// with and without trailing zeros). Each edge row sits alone in its own chunk among filler
+/// rows, so a change the digest could not see would leave its chunk un-drilled and its row
+/// unreported; the drill-down of another chunk cannot hide it. Runs on every source flavor (the
+/// JSON digest is made by MySQL's server but in Rust for MariaDB).
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_tells_close_values_apart_and_equal_values_alike() {
+    const DDL: &str = "CREATE TABLE edge (
+      id INT NOT NULL PRIMARY KEY,
+      t1 VARCHAR(20) NULL,
+      t2 VARCHAR(20) NULL,
+      b VARBINARY(8) NULL,
+      d DATETIME(6) NULL,
+      ts TIMESTAMP(6) NULL DEFAULT NULL,
+      d0 DATETIME NULL,
+      j JSON NULL,
+      amount DECIMAL(10,3) NULL
+    ) CHARACTER SET utf8mb4";
+    // (column, source literal, warehouse literal) per edge row; other columns are NULL.
+    let json = |s: &str| -> (String, String) {
+        let carried =
+            serde_json::to_string(&serde_json::from_str::<serde_json::Value>(s).unwrap()).unwrap();
+        (my_str(s), pg_str(&carried))
+    };
+    let same = |s: &str| (my_str(s), pg_str(s));
+    let rows: Vec<Vec<(&str, (String, String))>> = vec![
+        /* 1 */ vec![("t1", same("a,")), ("t2", same("b"))],
+        /* 2 */ vec![("t1", same(""))],
+        /* 3 */ vec![("t2", same("")), ("t1", same("-"))],
+        /* 4 */ vec![("b", ("X''".into(), "'\\x'".into()))],
+        /* 5 */ vec![("b", ("X'00'".into(), "'\\x00'".into()))],
+        /* 6 */ vec![("d", same("2026-01-01 23:59:59.999999"))],
+        /* 7 */ vec![("d", same("2026-01-01 00:00:00.100000"))],
+        /* 8 */
+        vec![(
+            "ts",
+            (
+                "'2026-01-01 00:00:00.000000'".into(),
+                "'2026-01-01 00:00:00+00'".into(),
+            ),
+        )],
+        /* 9 */ vec![("j", json(r#"{"b": 2, "a": 1}"#))],
+        /* 10 */
+        vec![(
+            "j",
+            json(r#"{"a":"1","n":[1.0,1e3,-2.5,12345678901234567]}"#),
+        )],
+        /* 11 */ vec![("j", json(r#"{"k":[],"e":{},"z":[[{}]]}"#))],
+        /* 12 */
+        vec![(
+            "j",
+            json(r#"{"u":"\u00e9\u20ac\ud83d\ude00","s":"x\"y\\z\n\t/","é":{"bb":true,"a":null}}"#),
+        )],
+        /* 13 */ vec![("amount", same("-0.001"))],
+        /* 14 */ vec![("d0", same("2026-01-01 00:00:00"))],
+    ];
+    let tamper: Vec<(u64, &str, &[&str])> = vec![
+        (1, "t1 = 'a', t2 = ',b'", &["t1", "t2"]),
+        (2, "t1 = NULL", &["t1"]),
+        (3, "t2 = NULL, t1 = NULL", &["t1", "t2"]),
+        (4, "b = NULL", &["b"]),
+        (5, "b = '\\x'", &["b"]),
+        (6, "d = d + interval '1 microsecond'", &["d"]),
+        (7, "d = '2026-01-01 00:00:00.01'", &["d"]),
+        (8, "ts = ts + interval '1 microsecond'", &["ts"]),
+        (9, "j = '{\"a\": 2, \"b\": 1}'", &["j"]),
+        (10, "j = jsonb_set(j, '{a}', '1')", &["j"]),
+        (11, "j = '{\"k\": {}, \"e\": [], \"z\": [[{}]]}'", &["j"]),
+        (12, "j = 'null'", &["j"]),
+        (13, "amount = 0.001", &["amount"]),
+        (14, "d0 = d0 + interval '1 second'", &["d0"]),
+    ];
+    for server in cdcsync_tests::source_servers() {
+        let db = SourceDb::create(&server).await;
+        db.exec(DDL).await;
+        let pg = PgSchema::create().await;
+        let table = TableId::new(db.name.clone(), "edge");
+        let mut conn = db.conn().await;
+        conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+        let schema = reconcile::schema::source_schema(&mut conn, &table)
+            .await
+            .unwrap();
+        let q = format!("\"{}\".\"edge\"", pg.name);
+        sqlx::query(&warehouse_applier::tables::create_table_sql(&q, &schema))
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+        // Edge row n has id 100·n and 99 filler rows follow it, so with chunks of 100 keys each
+        // edge row is alone in its chunk.
+        for (n, cols) in rows.iter().enumerate() {
+            let id = 100 * (n as u64 + 1);
+            let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+            let my: Vec<&str> = cols.iter().map(|c| c.1 .0.as_str()).collect();
+            let pgv: Vec<&str> = cols.iter().map(|c| c.1 .1.as_str()).collect();
+            conn.query_drop(format!(
+                "INSERT INTO edge (id, {}) VALUES ({id}, {})",
+                names.join(", "),
+                my.join(", ")
+            ))
+            .await
+            .unwrap();
+            sqlx::query(&format!(
+                "INSERT INTO {q} (id, {}, _cdc_version) VALUES ({id}, {}, 1)",
+                names.join(", "),
+                pgv.join(", ")
+            ))
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+            let fill: Vec<String> = (id + 1..id + 100).map(|k| format!("({k})")).collect();
+            conn.query_drop(format!("INSERT INTO edge (id) VALUES {}", fill.join(", ")))
+                .await
+                .unwrap();
+            let fill: Vec<String> = (id + 1..id + 100).map(|k| format!("({k}, 1)")).collect();
+            sqlx::query(&format!(
+                "INSERT INTO {q} (id, _cdc_version) VALUES {}",
+                fill.join(", ")
+            ))
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+        }
+        drop(conn);
+        let env = stack();
+        let source: SourceConfig = cdc_config::from_toml(&format!(
+            "name = \"shop\"\nurl = \"{}\"\ninclude_tables = [\"{table}\"]\n",
+            server.url
+        ))
+        .unwrap();
+        let warehouse: WarehouseConfig = cdc_config::from_toml(&format!(
+            "url = \"{}\"\nschema = \"{}\"\n",
+            env.postgres_url, pg.name
+        ))
+        .unwrap();
+        let kafka: KafkaConfig = cdc_config::from_toml(&format!(
+            "bootstrap_servers = \"{}\"\n",
+            env.kafka_bootstrap
+        ))
+        .unwrap();
+        let cfg = ReconcileConfig {
+            chunk_rows: 100,
+            parallelism: 2,
+            recheck_timeout_ms: 0,
+            recheck_interval_ms: 100,
+            ..Default::default()
+        };
+        let r = Reconciler::connect(&source, &warehouse, &kafka, &cfg)
+            .await
+            .unwrap();
+        let clean = r.run(&table, false).await.unwrap();
+        assert!(clean.is_clean(), "{:?}: {}", server.flavor, clean.summary());
+        assert_eq!(clean.rows_checked, 100 * rows.len() as u64);
+        assert_eq!(
+            clean.chunks_mismatched, 0,
+            "{:?}: equal values must give equal digests (else every run drills down)",
+            server.flavor
+        );
+        for (n, set, _) in &tamper {
+            sqlx::query(&format!("UPDATE {q} SET {set} WHERE id = {}", 100 * n))
+                .execute(&pg.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{set}: {e}"));
+        }
+        let report = r.run(&table, false).await.unwrap();
+        let want: Vec<(Kind, u64, &[&str])> = tamper
+            .iter()
+            .map(|(n, _, cols)| (Kind::Mismatched, 100 * n, *cols))
+            .collect();
+        assert_eq!(
+            found(&report),
+            expected(&want),
+            "{:?}: {}",
+            server.flavor,
+            report.summary()
+        );
+        assert_eq!(
+            report.chunks_mismatched,
+            tamper.len() as u64,
+            "{:?}: every tampered row must change its own chunk's digest",
+            server.flavor
+        );
+        db.drop_db().await;
+        pg.drop_schema().await;
+    }
+}

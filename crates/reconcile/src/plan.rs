@@ -12,9 +12,10 @@ use std::sync::Arc;
 use cdc_event::{ColumnType, TableId, TableSchema};
 
 use crate::canon::{
-    my_canonical, my_ident, my_json_text, my_part, pg_canonical, pg_ident, pg_part, RustCanon,
+    my_canonical, my_ident, my_json_text, my_piece, pg_canonical, pg_ident, pg_piece, RustCanon,
 };
 use crate::error::ReconcileError;
+use crate::schema::Flavor;
 
 /// A primary-key value: one integer per key column (every integer type fits in `i128`).
 pub type Key = Vec<i128>;
@@ -30,8 +31,21 @@ pub struct ColPlan {
     pub my: String,
     /// PostgreSQL canonical expression.
     pub pg: String,
-    /// Canonicalised in Rust (JSON, FLOAT, DOUBLE) rather than in SQL.
+    /// Canonicalised in Rust (JSON, FLOAT, DOUBLE) rather than in SQL, in the drill-down.
     pub rust: Option<RustCanon>,
+    /// MySQL digest piece (`canon::my_piece`); `None` when the piece is made in Rust.
+    pub my_piece: Option<String>,
+    /// PostgreSQL digest piece (`canon::pg_piece`); `None` when the piece is made in Rust.
+    pub pg_piece: Option<String>,
+}
+
+/// One selected value of a digest query that is finished in Rust.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Part {
+    /// The row text of one or more consecutive columns, separators included, made by the server.
+    Sql,
+    /// One column's raw value, made into its piece in Rust.
+    Rust(RustCanon),
 }
 
 /// Everything needed to query one table on both sides.
@@ -51,11 +65,50 @@ pub struct TablePlan {
     pub key: Vec<usize>,
     /// Every column in source order.
     pub cols: Vec<ColPlan>,
-    /// Whether any column is canonicalised in Rust (then the source digest is finished in Rust).
-    pub has_rust: bool,
-    /// Whether the warehouse digest must be finished in Rust too (FLOAT/DOUBLE columns; JSON
-    /// alone is canonical in PostgreSQL already).
-    pub pg_rust: bool,
+    /// The selected values of the source digest query when it is finished in Rust (a FLOAT,
+    /// a DOUBLE, or JSON on MariaDB); empty when the server computes the whole digest.
+    pub my_parts: Vec<Part>,
+    /// The same for the warehouse (FLOAT and DOUBLE only: `jsonb` text is canonical already).
+    pub pg_parts: Vec<Part>,
+    /// The row hash both sides compute.
+    pub hash: RowHash,
+}
+
+/// The function whose first 64 bits are a row's hash: one that the source, PostgreSQL and the
+/// client all compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowHash {
+    /// MD5: the cheapest, on MariaDB.
+    Md5,
+    /// SHA-256: MySQL 9 has removed `MD5()` and `SHA1()`.
+    Sha256,
+}
+
+impl RowHash {
+    /// The first 64 bits of the hash of `bytes`, big-endian (as `CONV(LEFT(hex, 16), 16, 10)`).
+    pub fn first64(self, bytes: &[u8]) -> u64 {
+        use md5::Digest as _;
+        let mut out = [0u8; 8];
+        match self {
+            RowHash::Md5 => out.copy_from_slice(&md5::Md5::digest(bytes)[..8]),
+            RowHash::Sha256 => out.copy_from_slice(&sha2::Sha256::digest(bytes)[..8]),
+        }
+        u64::from_be_bytes(out)
+    }
+
+    fn my_hex(self, e: &str) -> String {
+        match self {
+            RowHash::Md5 => format!("MD5({e})"),
+            RowHash::Sha256 => format!("SHA2({e}, 256)"),
+        }
+    }
+
+    fn pg_hex(self, e: &str) -> String {
+        match self {
+            RowHash::Md5 => format!("md5({e})"),
+            RowHash::Sha256 => format!("encode(sha256(convert_to({e}, 'UTF8')), 'hex')"),
+        }
+    }
 }
 
 /// A keyset range `(lo, hi]`; `None` is unbounded.
@@ -80,13 +133,16 @@ fn is_integer(ty: &ColumnType) -> bool {
 
 impl TablePlan {
     /// Builds the plan; fails with the fix when the warehouse table or a column is missing or the
-    /// key is not made of integers.
+    /// key is not made of integers. On MySQL, JSON columns stay in the server-side digest (its
+    /// JSON text has `jsonb`'s key order and spacing) and rows are hashed with SHA-256.
     pub fn new(
         table: TableId,
         schema: TableSchema,
         pg_schema: &str,
         pg_columns: &HashMap<String, String>,
+        flavor: Flavor,
     ) -> Result<Self, ReconcileError> {
+        let json_in_sql = flavor == Flavor::Mysql;
         let label = table.to_string();
         if pg_columns.is_empty() {
             return Err(ReconcileError::Definite(format!(
@@ -123,6 +179,8 @@ impl TablePlan {
                 },
                 pg: pg_canonical(&pgc, &c.ty, pg_type),
                 rust,
+                my_piece: my_piece(&myc, &c.ty, json_in_sql),
+                pg_piece: pg_piece(&pgc, &c.ty, pg_type),
             });
         }
         let mut key = Vec::new();
@@ -137,10 +195,23 @@ impl TablePlan {
             }
             key.push(i);
         }
-        let has_rust = cols.iter().any(|c| c.rust.is_some());
-        let pg_rust = cols
-            .iter()
-            .any(|c| matches!(c.rust, Some(RustCanon::Float32 | RustCanon::Float64)));
+        let parts = |piece: fn(&ColPlan) -> &Option<String>| -> Vec<Part> {
+            if cols.iter().all(|c| piece(c).is_some()) {
+                return Vec::new();
+            }
+            let mut parts: Vec<Part> = Vec::new();
+            for c in &cols {
+                match (piece(c), c.rust) {
+                    (Some(_), _) if parts.last() == Some(&Part::Sql) => {}
+                    (Some(_), _) => parts.push(Part::Sql),
+                    (None, Some(r)) => parts.push(Part::Rust(r)),
+                    (None, None) => unreachable!("a column without a SQL piece is made in Rust"),
+                }
+            }
+            parts
+        };
+        let my_parts = parts(|c| &c.my_piece);
+        let pg_parts = parts(|c| &c.pg_piece);
         Ok(TablePlan {
             my_table: format!("{}.{}", my_ident(&table.db), my_ident(&table.table)),
             pg_table: format!("{}.{}", pg_ident(pg_schema), pg_ident(&table.table)),
@@ -149,8 +220,12 @@ impl TablePlan {
             schema: Arc::new(schema),
             key,
             cols,
-            has_rust,
-            pg_rust,
+            my_parts,
+            pg_parts,
+            hash: match flavor {
+                Flavor::Mariadb => RowHash::Md5,
+                Flavor::Mysql => RowHash::Sha256,
+            },
         })
     }
 
@@ -217,94 +292,88 @@ impl TablePlan {
         )
     }
 
-    // The row hash is MD5 of the SQL-canonical text S when every column is canonical in SQL,
-    // else MD5(hex(MD5(S)) || R) where R is the length-prefixed Rust-canonical values in column
-    // order. Both sides compute exactly this, in SQL or finished in Rust.
+    // The row hash is the first 64 bits of MD5 of the row text (every column's piece followed
+    // by `,`, `canon::Piece`); a chunk's digest is `(count, XOR of the row hashes)`. The server
+    // computes it whole when it can make every piece; otherwise it sends the row text in
+    // segments around the columns made in Rust, and the client hashes exactly the same bytes.
 
-    fn my_row_text(&self) -> String {
-        let parts: Vec<String> = self
-            .cols
-            .iter()
-            .filter(|c| c.rust.is_none())
-            .map(|c| my_part(&c.my))
-            .collect();
+    /// The selected expressions of a digest finished in Rust: consecutive SQL pieces joined
+    /// into one text, and the raw value of each column made in Rust.
+    fn segments(
+        &self,
+        piece: fn(&ColPlan) -> &Option<String>,
+        raw: fn(&ColPlan) -> &String,
+        concat: fn(&[String]) -> String,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut run: Vec<String> = Vec::new();
+        for c in &self.cols {
+            match piece(c) {
+                Some(p) => {
+                    run.push(p.clone());
+                    run.push("','".into());
+                }
+                None => {
+                    if !run.is_empty() {
+                        out.push(concat(&run));
+                        run.clear();
+                    }
+                    out.push(raw(c).clone());
+                }
+            }
+        }
+        if !run.is_empty() {
+            out.push(concat(&run));
+        }
+        out
+    }
+
+    fn my_concat(parts: &[String]) -> String {
         format!("CONCAT({})", parts.join(", "))
     }
 
-    fn pg_row_text(&self) -> String {
-        let parts: Vec<String> = self
-            .cols
-            .iter()
-            .filter(|c| c.rust.is_none())
-            .map(|c| pg_part(&c.pg))
-            .collect();
-        parts.join(" || ")
+    fn pg_concat(parts: &[String]) -> String {
+        format!("({})", parts.join(" || "))
     }
 
-    fn pg_row_hash(&self) -> String {
-        let s = format!("md5({})", self.pg_row_text());
-        if !self.has_rust {
-            return s;
-        }
-        let j: Vec<String> = self
-            .cols
-            .iter()
-            .filter(|c| c.rust.is_some())
-            .map(|c| pg_part(&c.pg))
-            .collect();
-        format!("md5({s} || {})", j.join(" || "))
-    }
-
-    /// Source digest of a range. Without Rust-canonical columns: one row `(count, xor)`
-    /// computed by the server. Otherwise one row per source row, `(md5 of the SQL-canonical
-    /// text, raw texts of the Rust-canonical columns...)`, finished in Rust.
+    /// Source digest of a range: one row `(count, xor)` computed by the server, or, when
+    /// [`Self::my_parts`] is not empty, one row per source row with those values.
     pub fn my_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(my_ident), r);
-        if self.has_rust {
-            let j: Vec<String> = self
-                .cols
-                .iter()
-                .filter(|c| c.rust.is_some())
-                .map(|c| c.my.clone())
-                .collect();
+        let segs = self.segments(|c| &c.my_piece, |c| &c.my, Self::my_concat);
+        if self.my_parts.is_empty() {
             format!(
-                "SELECT MD5({}), {} FROM {} WHERE {w}",
-                self.my_row_text(),
-                j.join(", "),
+                "SELECT COUNT(*), COALESCE(BIT_XOR(CAST(CONV(LEFT({}, 16), 16, 10) AS UNSIGNED)), 0) FROM {} WHERE {w}",
+                self.hash.my_hex(&segs.join(", ")),
                 self.my_table
             )
         } else {
             format!(
-                "SELECT COUNT(*), COALESCE(BIT_XOR(CAST(CONV(LEFT(MD5({}), 16), 16, 10) AS UNSIGNED)), 0) FROM {} WHERE {w}",
-                self.my_row_text(),
+                "SELECT {} FROM {} WHERE {w}",
+                segs.join(", "),
                 self.my_table
             )
         }
     }
 
     /// Warehouse digest of a range over the live (not soft-deleted) rows: `(count, xor)`, or,
-    /// when [`Self::pg_rust`], one row per warehouse row like [`Self::my_digest`].
+    /// when [`Self::pg_parts`] is not empty, one row per warehouse row like [`Self::my_digest`].
     pub fn pg_digest(&self, r: &Range) -> String {
         let w = Self::range_where(&self.key_names(pg_ident), r);
-        if self.pg_rust {
-            let j: Vec<String> = self
-                .cols
-                .iter()
-                .filter(|c| c.rust.is_some())
-                .map(|c| c.pg.clone())
-                .collect();
-            return format!(
-                "SELECT md5({}), {} FROM {} WHERE ({w}) AND NOT _cdc_deleted",
-                self.pg_row_text(),
-                j.join(", "),
+        let segs = self.segments(|c| &c.pg_piece, |c| &c.pg, Self::pg_concat);
+        if self.pg_parts.is_empty() {
+            format!(
+                "SELECT count(*)::bigint, coalesce(bit_xor(('x' || left({}, 16))::bit(64)::bigint), 0)::bigint FROM {} WHERE ({w}) AND NOT _cdc_deleted",
+                self.hash.pg_hex(&segs.join(", ")),
                 self.pg_table
-            );
+            )
+        } else {
+            format!(
+                "SELECT {} FROM {} WHERE ({w}) AND NOT _cdc_deleted",
+                segs.join(", "),
+                self.pg_table
+            )
         }
-        format!(
-            "SELECT count(*)::bigint, coalesce(bit_xor(('x' || left({}, 16))::bit(64)::bigint), 0)::bigint FROM {} WHERE ({w}) AND NOT _cdc_deleted",
-            self.pg_row_hash(),
-            self.pg_table
-        )
     }
 
     fn my_rows(&self, w: &str) -> String {
@@ -413,7 +482,7 @@ mod tests {
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-        TablePlan::new(TableId::new("shop", "t"), schema, "w", &pg).unwrap()
+        TablePlan::new(TableId::new("shop", "t"), schema, "w", &pg, Flavor::Mariadb).unwrap()
     }
 
     #[test]
@@ -460,13 +529,25 @@ mod tests {
         .into_iter()
         .map(|(a, b)| (a.into(), b.into()))
         .collect();
-        let e = TablePlan::new(TableId::new("d", "t"), schema.clone(), "w", &pg)
-            .unwrap_err()
-            .to_string();
+        let e = TablePlan::new(
+            TableId::new("d", "t"),
+            schema.clone(),
+            "w",
+            &pg,
+            Flavor::Mysql,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("integer primary keys"), "{e}");
-        let e = TablePlan::new(TableId::new("d", "t"), schema, "w", &HashMap::new())
-            .unwrap_err()
-            .to_string();
+        let e = TablePlan::new(
+            TableId::new("d", "t"),
+            schema,
+            "w",
+            &HashMap::new(),
+            Flavor::Mysql,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

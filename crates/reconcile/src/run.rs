@@ -5,10 +5,12 @@
 //! The source table is cut into keyset ranges `(lo, hi]` on its primary key (chunk bounds come
 //! from the source only; the last range is open-ended, so warehouse rows beyond the last source
 //! key are in it too, and every key of either table lies in exactly one range). For each range,
-//! both sides compute `count` and the XOR of a 64-bit row hash, where the row hash is the MD5 of
-//! the row's canonical text (every column, key included, in a type-exact canonical form:
-//! `canon`). Equal rows give equal hashes; a missing, extra or changed row changes the count or,
-//! except with probability about 2⁻⁶⁴ per range, the XOR. The warehouse side counts only live
+//! both sides compute `count` and the XOR of a 64-bit row hash, where the row hash is the first 64
+//! bits of MD5 (SHA-256 on MySQL 9, which has no `MD5()`) of the row text: every column, key
+//! included, as its digest piece (`canon::Piece`), a form that splits back into the values, so
+//! equal row texts mean equal rows. A missing, extra or changed row changes the count or,
+//! except with probability about 2⁻⁶⁴ per range, the XOR. Equal rows whose pieces differ (a
+//! MySQL JSON double in exponent form) only cost a drill-down, which compares exactly. The warehouse side counts only live
 //! rows (`NOT _cdc_deleted`), so a soft-deleted row is "deleted" as the issue defines it.
 //!
 //! A range whose digests differ is drilled down: both sides' rows of the range are read with
@@ -46,16 +48,14 @@ use std::time::{Duration, Instant};
 use cdc_config::{KafkaConfig, SourceConfig, WarehouseConfig};
 use cdc_event::{BinlogPosition, TableId, Version};
 use futures::TryStreamExt;
-use md5::{Digest, Md5};
 use mysql_async::prelude::Queryable;
 use sqlx::Row as _;
 
-use crate::canon::push_part;
 use crate::canon::RustCanon;
 use crate::config::ReconcileConfig;
 use crate::error::ReconcileError;
 use crate::metrics;
-use crate::plan::{Key, Range, TablePlan};
+use crate::plan::{Key, Part, Range, RowHash, TablePlan};
 use crate::report::{Difference, Kind, Report};
 use crate::schema::{self, Flavor};
 
@@ -160,7 +160,14 @@ impl Reconciler {
             .max_connections(cfg.parallelism as u32 + 2)
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::Executor::execute(&mut *conn, "SET TIME ZONE 'UTC'").await?;
+                    // UTC and ISO dates make the digest pieces of both sides alike; the
+                    // reconciler runs `parallelism` chunks at once already, so a parallel plan
+                    // per chunk would only add worker start-up on a busy server.
+                    sqlx::Executor::execute(
+                        &mut *conn,
+                        "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET max_parallel_workers_per_gather = 0",
+                    )
+                    .await?;
                     Ok(())
                 })
             })
@@ -280,7 +287,7 @@ impl Reconciler {
         let source = schema::source_schema(&mut conn, table).await?;
         let pg_schema = self.warehouse.target_schema(&table.db);
         let pg_cols = schema::warehouse_columns(&self.pg, pg_schema, &table.table).await?;
-        TablePlan::new(table.clone(), source, pg_schema, &pg_cols)
+        TablePlan::new(table.clone(), source, pg_schema, &pg_cols, self.flavor)
     }
 
     async fn check_chunk(
@@ -408,7 +415,7 @@ async fn source_digest(
     range: &Range,
 ) -> Result<(u64, u64), ReconcileError> {
     let sql = plan.my_digest(range);
-    if !plan.has_rust {
+    if plan.my_parts.is_empty() {
         let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
         let row =
             row.ok_or_else(|| ReconcileError::Definite("digest query returned nothing".into()))?;
@@ -416,19 +423,21 @@ async fn source_digest(
         let x = text(&row, 1).and_then(|t| t.parse().ok()).unwrap_or(0);
         return Ok((n, x));
     }
-    // The server hashes the SQL-canonical columns; Rust canonicalises the others (JSON to
-    // PostgreSQL's jsonb text, floats by value) and finishes the row hash exactly as the
-    // warehouse side computes it.
-    let rust: Vec<RustCanon> = plan.cols.iter().filter_map(|c| c.rust).collect();
+    // The server sends the row text in segments around the columns made in Rust (JSON on
+    // MariaDB, floats); the client makes those pieces and hashes the same bytes the warehouse
+    // side hashes.
     let mut result = conn.query_iter(sql).await?;
-    let mut acc = Accumulator::default();
+    let mut acc = Accumulator::new(plan.hash);
     while let Some(row) = result.next().await? {
-        acc.add(
-            text(&row, 0).unwrap_or(""),
-            rust.iter()
-                .enumerate()
-                .map(|(j, r)| text(&row, 1 + j).map(|t| r.source(t))),
-        );
+        acc.start();
+        for (i, part) in plan.my_parts.iter().enumerate() {
+            let v = match row.as_ref(i) {
+                Some(mysql_async::Value::Bytes(b)) => Some(b.as_slice()),
+                _ => None,
+            };
+            acc.part(*part, v, RustCanon::push_source);
+        }
+        acc.finish();
     }
     Ok((acc.count, acc.xor))
 }
@@ -440,47 +449,66 @@ async fn warehouse_digest(
     range: &Range,
 ) -> Result<(u64, u64), ReconcileError> {
     let sql = plan.pg_digest(range);
-    if !plan.pg_rust {
+    if plan.pg_parts.is_empty() {
         let (n, x) = sqlx::query_as::<_, (i64, i64)>(&sql)
             .fetch_one(pool)
             .await?;
         return Ok((n as u64, x as u64));
     }
-    let rust: Vec<RustCanon> = plan.cols.iter().filter_map(|c| c.rust).collect();
     let mut rows = sqlx::query(&sql).fetch(pool);
-    let mut acc = Accumulator::default();
+    let mut acc = Accumulator::new(plan.hash);
     while let Some(row) = rows.try_next().await? {
-        let s: String = row.try_get(0)?;
-        let vals: Vec<Option<String>> = (0..rust.len())
-            .map(|j| row.try_get::<Option<String>, _>(1 + j))
-            .collect::<Result<_, _>>()?;
-        acc.add(
-            &s,
-            rust.iter()
-                .zip(&vals)
-                .map(|(r, v)| v.as_deref().map(|t| r.warehouse(t))),
-        );
+        acc.start();
+        for (i, part) in plan.pg_parts.iter().enumerate() {
+            let v: Option<&str> = row.try_get(i)?;
+            acc.part(*part, v.map(str::as_bytes), RustCanon::push_warehouse);
+        }
+        acc.finish();
     }
     Ok((acc.count, acc.xor))
 }
 
-/// Finishes row hashes in Rust: `MD5(hex(MD5(S)) || parts)` XOR-ed into the chunk digest.
-#[derive(Default)]
+/// Finishes row hashes in Rust: the row text assembled from the server's segments and the
+/// pieces made here, hashed like the servers hash it (first 64 bits of the row hash, XOR-ed).
 struct Accumulator {
+    hash: RowHash,
     count: u64,
     xor: u64,
     buf: Vec<u8>,
 }
 
 impl Accumulator {
-    fn add(&mut self, md5_hex: &str, parts: impl Iterator<Item = Option<String>>) {
-        self.buf.clear();
-        self.buf.extend_from_slice(md5_hex.as_bytes());
-        for p in parts {
-            push_part(&mut self.buf, p.as_deref());
+    fn new(hash: RowHash) -> Self {
+        Accumulator {
+            hash,
+            count: 0,
+            xor: 0,
+            buf: Vec::with_capacity(1024),
         }
-        let d = Md5::digest(&self.buf);
-        self.xor ^= u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    }
+
+    fn start(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Appends one selected value: a server segment as it is, or a column's piece made here
+    /// (its canonical text, nothing for NULL) and its separator.
+    fn part(&mut self, part: Part, v: Option<&[u8]>, push: fn(RustCanon, &mut Vec<u8>, &str)) {
+        match (part, v) {
+            (Part::Sql, v) => self.buf.extend_from_slice(v.unwrap_or_default()),
+            (Part::Rust(r), Some(b)) => {
+                match std::str::from_utf8(b) {
+                    Ok(t) => push(r, &mut self.buf, t),
+                    Err(_) => push(r, &mut self.buf, &String::from_utf8_lossy(b)),
+                }
+                self.buf.push(b',');
+            }
+            (Part::Rust(_), None) => self.buf.push(b','),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.xor ^= self.hash.first64(&self.buf);
         self.count += 1;
     }
 }
