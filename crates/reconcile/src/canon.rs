@@ -202,11 +202,12 @@ pub enum Piece {
 /// text has PostgreSQL's key order and spacing; MariaDB keeps the inserted text).
 pub fn my_piece(c: &str, ty: &ColumnType, json_in_sql: bool) -> Option<String> {
     use ColumnType::*;
-    let zero_guard =
-        |e: &str| format!("IF(YEAR({c}) * MONTH({c}) * DAYOFMONTH({c}) = 0, NULL, {e})");
     // PostgreSQL prints fractional seconds without trailing zeros (and without the point when
     // they are all zero); MySQL prints exactly `fsp` digits. Trimming on the MySQL side is
     // cheaper than `to_char` on the PostgreSQL side, and only applies when there is a point.
+    // Zero dates are left as they are: `0000-00-00` (or a zero month or day) is a text
+    // PostgreSQL cannot print, so such a row differs in the digest and the drill-down, which
+    // maps zero dates to NULL like the reader, decides (cheaper than a guard on every row).
     let datetime = |fsp: u8| {
         let t = format!("CAST({c} AS CHAR)");
         if fsp > 0 {
@@ -226,10 +227,8 @@ pub fn my_piece(c: &str, ty: &ColumnType, json_in_sql: bool) -> Option<String> {
         }
         Year => format!("IFNULL({c}+0, '')"),
         Bit { .. } => format!("IFNULL(CAST({c} AS UNSIGNED), '')"),
-        Date => format!("IFNULL({}, '')", zero_guard(&format!("CAST({c} AS CHAR)"))),
-        DateTime { fsp } | Timestamp { fsp } => {
-            format!("IFNULL({}, '')", zero_guard(&datetime(*fsp)))
-        }
+        Date => format!("IFNULL(CAST({c} AS CHAR), '')"),
+        DateTime { fsp } | Timestamp { fsp } => format!("IFNULL({}, '')", datetime(*fsp)),
         Time { .. } => format!("IFNULL({}, '')", my_canonical(c, ty)?),
         Text { .. } | Enum { .. } | Set { .. } => {
             format!("IFNULL(CONCAT(CHAR_LENGTH({c}), ':', CONVERT({c} USING utf8mb4)), '-')")
