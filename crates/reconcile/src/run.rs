@@ -140,12 +140,9 @@ impl Reconciler {
         cfg: &ReconcileConfig,
     ) -> Result<Self, ReconcileError> {
         cfg.validate()?;
-        let url = source.connection_url()?;
-        let opts = mysql_async::Opts::from_url(&url)
-            .map_err(|e| ReconcileError::Definite(format!("source.url: {e}")))?;
         let constraints = mysql_async::PoolConstraints::new(0, cfg.parallelism + 2)
             .ok_or_else(|| ReconcileError::Definite("bad pool size".into()))?;
-        let opts = mysql_async::OptsBuilder::from_opts(opts)
+        let opts = binlog_reader::source::client_opts(source)?
             .init(vec![
                 "SET time_zone = '+00:00', NAMES utf8mb4",
                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",

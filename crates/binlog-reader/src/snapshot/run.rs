@@ -208,15 +208,7 @@ impl Snapshots {
         cfg.validate()?;
         let prefix = kafka.prefix(&source.name).to_string();
         let checkpoint_topic = reader.checkpoint_topic(&prefix);
-        let url = source.connection_url()?;
-        let opts = mysql_async::Opts::from_url(&url).map_err(|e| {
-            ReaderError::Config(cdc_config::ConfigError::invalid(
-                "source.url",
-                e.to_string(),
-            ))
-        })?;
-        let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
-            .prefer_socket(false)
+        let opts: mysql_async::Opts = crate::source::client_opts(source)?
             .init(vec![
                 "SET NAMES utf8mb4",
                 "SET time_zone = '+00:00'",
