@@ -18,12 +18,16 @@
 //!
 //! # Backpressure
 //!
-//! Each worker channel holds two batches. When it is full, the thread waits briefly for room
+//! Each worker channel holds one batch: the worker moves messages from it into the batch it is
+//! collecting even while it waits for a transaction slot, so the channel only has to hold what
+//! arrives while the worker's transaction runs. When it is full, the thread waits briefly for room
 //! (`HANDOVER_WAIT`, about a batch's apply time); if there is still none, messages are kept in the
-//! partition's pending queue, and once that holds another batch the partition is paused; it is resumed once
-//! the queue drained into the channel. So at most four batches per partition (plus librdkafka's
-//! bounded prefetch, `queued.max.messages.kbytes`) are in memory. So a stalled PostgreSQL pauses consumption instead of growing memory, while the
-//! thread keeps polling and the member stays in its group.
+//! partition's pending queue, and once that holds half a batch the partition is paused; it is
+//! resumed once the queue drained into the channel. So at most about two and a half batches per
+//! partition (the one being applied, the channel, the pending queue; plus librdkafka's bounded
+//! prefetch, `queued.max.messages.kbytes`) are in memory, and a stalled PostgreSQL pauses
+//! consumption instead of growing memory, while the thread keeps polling and the member stays in
+//! its group.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -109,8 +113,9 @@ impl Context {
         committed: Committed,
     ) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::channel();
-        // Two batches: one being collected while the previous one is applied.
-        let channel_capacity = 2 * shared.batch_max_events.max(1);
+        // One batch, filled while the worker's previous batch is applied; the worker itself
+        // collects the next one while it waits for a transaction slot.
+        let channel_capacity = shared.batch_max_events.max(1);
         Context {
             state: Mutex::new(State {
                 workers: HashMap::new(),

@@ -56,8 +56,13 @@ pub fn consumer_config(kafka: &KafkaConfig, applier: &ApplierConfig) -> ClientCo
             applier.lag_interval_ms.to_string(),
         )
         // Bounds what librdkafka prefetches (and so the applier's memory) while PostgreSQL is
-        // slow or down and partitions are paused.
-        .set("queued.max.messages.kbytes", "16384")
+        // slow or down and partitions are paused. The bound counts fetched bytes, which the
+        // reader's LZ4 batches are several times smaller than decompressed: with 16 MiB here the
+        // decompressed message sets alone peaked at 77 MiB (heaptrack, snapshot benchmark). 4 MiB
+        // of compressed prefetch is still hundreds of milliseconds of work at full speed.
+        .set("queued.max.messages.kbytes", "4096")
+        // ...and it may be overshot by one fetch per partition: keep that small too.
+        .set("max.partition.fetch.bytes", "262144")
         // librdkafka waits this long before fetching again once that bound was reached (1 s by
         // default), which left the workers idle for most of each second in the benchmark.
         .set("fetch.queue.backoff.ms", "20")
