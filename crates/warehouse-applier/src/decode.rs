@@ -78,18 +78,26 @@ pub enum Decoded {
     Poison(String),
 }
 
+/// The envelope. `after` is split into its columns while the envelope is parsed (it is the
+/// image of every event but deletes); `before` is only kept as text and split for deletes.
+/// `schema` is optional here only for the fast path of [`decode_event`], which parses the
+/// envelope with its (known) schema block cut off; a message without one is still poison.
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow, default)]
     before: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    after: Option<&'a RawValue>,
+    after: Option<RawRow<'a>>,
     #[serde(borrow)]
     source: WireSource<'a>,
     op: Op,
-    #[serde(borrow)]
-    schema: &'a RawValue,
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
 }
+
+/// The bytes between an envelope's last member and its closing brace when that member is the
+/// schema block, as the reader writes it (`...,"schema":{...}}`).
+const SCHEMA_MEMBER: &[u8] = b",\"schema\":";
 
 #[derive(Deserialize)]
 struct WireSource<'a> {
@@ -113,9 +121,31 @@ pub struct SchemaCache {
     tables: HashMap<(Box<str>, Box<str>), Arc<SourceTable>>,
     last_schema: Option<(Box<str>, Arc<TableSchema>)>,
     last_table: Option<Arc<SourceTable>>,
+    /// The envelope without its schema block (fast path of [`decode_event`]), reused.
+    scratch: Vec<u8>,
 }
 
 impl SchemaCache {
+    /// When `payload` ends with `,"schema":<the last schema seen>}`, the length of what precedes
+    /// that member and the parsed schema.
+    ///
+    /// Cutting the member off is exact: `"` cannot appear unescaped inside a JSON string, so the
+    /// bytes `,"schema":` before a complete JSON value and the final `}` can only be the last
+    /// member of the top-level object or of an object nested in it, and in the nested case the
+    /// remainder (the prefix plus `}`) has an unclosed bracket and fails to parse, which sends
+    /// the message down the slow path.
+    fn known_schema_suffix(&self, payload: &[u8]) -> Option<(usize, Arc<TableSchema>)> {
+        let (text, schema) = self.last_schema.as_ref()?;
+        let text = text.as_bytes();
+        let tail = SCHEMA_MEMBER.len() + text.len() + 1;
+        if payload.len() <= tail || payload.last() != Some(&b'}') {
+            return None;
+        }
+        let start = payload.len() - tail;
+        let (member, rest) = payload[start..payload.len() - 1].split_at(SCHEMA_MEMBER.len());
+        (member == SCHEMA_MEMBER && rest == text).then(|| (start, schema.clone()))
+    }
+
     fn schema(&mut self, raw: &str) -> Result<Arc<TableSchema>, String> {
         if let Some((text, s)) = &self.last_schema {
             if **text == *raw {
@@ -179,6 +209,11 @@ impl<'a> RawRow<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// Total length of the values' JSON texts (a capacity hint for the encoded row).
+    fn text_len(&self) -> usize {
+        self.0.iter().map(|(_, v)| v.get().len()).sum()
+    }
+
     /// Whether the image lists exactly the schema's columns in schema order (the usual case), so
     /// that column `i` is at position `i` and no name repeats.
     fn in_schema_order(&self, columns: &[cdc_event::ColumnSchema]) -> bool {
@@ -186,15 +221,15 @@ impl<'a> RawRow<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for RawRow<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawRow<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RowVisitor;
-        impl<'de> Visitor<'de> for RowVisitor {
-            type Value = RawRow<'de>;
+        struct RowVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
+            type Value = RawRow<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRow<'de>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRow<'a>, A::Error> {
                 let mut cols = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((name, value)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
                     cols.push((name.0, value));
@@ -202,7 +237,7 @@ impl<'de> Deserialize<'de> for RawRow<'de> {
                 Ok(RawRow(cols))
             }
         }
-        d.deserialize_map(RowVisitor)
+        d.deserialize_map(RowVisitor(std::marker::PhantomData))
     }
 }
 
@@ -287,9 +322,40 @@ pub fn decode(cache: &mut SchemaCache, offset: i64, payload: Option<&[u8]>) -> D
 }
 
 fn decode_event(cache: &mut SchemaCache, offset: i64, payload: &[u8]) -> Result<Prepared, String> {
+    // Fast path: consecutive events almost always end with the schema block of the previous
+    // one, which is about half of the message. Comparing it is a `memcmp`; parsing the rest
+    // without it saves serde_json validating those bytes once more.
+    if let Some((cut, schema)) = cache.known_schema_suffix(payload) {
+        let mut scratch = std::mem::take(&mut cache.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(&payload[..cut]);
+        scratch.push(b'}');
+        let fast = match serde_json::from_slice::<Wire<'_>>(&scratch) {
+            // A second schema member would be a duplicate field: leave it to the slow path.
+            Ok(wire) if wire.schema.is_none() => Some(prepare(cache, offset, wire, schema)),
+            _ => None,
+        };
+        cache.scratch = scratch;
+        if let Some(result) = fast {
+            return result;
+        }
+    }
     let wire: Wire<'_> =
         serde_json::from_slice(payload).map_err(|e| format!("invalid change event: {e}"))?;
-    let schema = cache.schema(wire.schema.get())?;
+    let raw_schema = wire
+        .schema
+        .ok_or("invalid change event: missing field `schema`")?;
+    let schema = cache.schema(raw_schema.get())?;
+    prepare(cache, offset, wire, schema)
+}
+
+/// The event of an envelope whose schema is `schema`.
+fn prepare(
+    cache: &mut SchemaCache,
+    offset: i64,
+    wire: Wire<'_>,
+    schema: Arc<TableSchema>,
+) -> Result<Prepared, String> {
     if schema.primary_key.is_empty() {
         return Err(format!(
             "table {}.{} has no primary key in the event schema; the applier needs a key to upsert",
@@ -299,17 +365,19 @@ fn decode_event(cache: &mut SchemaCache, offset: i64, payload: &[u8]) -> Result<
     if wire.source.event_id.is_empty() {
         return Err("source.event_id is empty".into());
     }
-    let image = match wire.op {
-        Op::Delete => wire.before.ok_or("a delete without a before image")?,
+    let row: RawRow<'_> = match wire.op {
+        Op::Delete => {
+            let image = wire.before.ok_or("a delete without a before image")?;
+            serde_json::from_str(image.get())
+                .map_err(|e| format!("row image is not a JSON object: {e}"))?
+        }
         _ => wire
             .after
             .ok_or("a create/update/read without an after image")?,
     };
-    let row: RawRow<'_> = serde_json::from_str(image.get())
-        .map_err(|e| format!("row image is not a JSON object: {e}"))?;
     let key = key_json(&schema.primary_key, &row)?;
     let in_order = row.in_schema_order(&schema.columns);
-    let mut encoded = Vec::with_capacity(image.get().len());
+    let mut encoded = Vec::with_capacity(row.text_len() + schema.columns.len());
     for (i, col) in schema.columns.iter().enumerate() {
         if i > 0 {
             encoded.push(b'\t');
@@ -348,6 +416,85 @@ mod tests {
             "db":"shop","table":"t","server_id":1,"file":"b.000001","pos":4,"row":0,
             "event_id":"s:b.000001:4:0","cdc_version":"12345"}}}}"#
         )
+    }
+
+    /// As the reader writes it: the schema block last.
+    fn msg_schema_last(op: &str, before: &str, after: &str, pos: u32) -> String {
+        format!(
+            r#"{{"before":{before},"after":{after},"source":{{"version":"0","connector":"mariadb",
+            "name":"s","ts_ms":1000,"snapshot":"false","db":"shop","table":"t","server_id":1,
+            "file":"b.000001","pos":{pos},"row":0,"event_id":"s:b.000001:{pos}:0","cdc_version":"{pos}"}},
+            "op":"{op}","ts_ms":1,"schema":{SCHEMA}}}"#
+        )
+    }
+
+    #[test]
+    fn known_schema_fast_path_decodes_like_the_full_parse() {
+        let cases = [
+            msg_schema_last("c", "null", r#"{"id":7,"note":"a\tb \"schema\":"}"#, 10),
+            msg_schema_last("u", r#"{"id":7,"note":null}"#, r#"{"note":"x","id":7}"#, 11),
+            msg_schema_last("d", r#"{"id":7,"note":"y"}"#, "null", 12),
+            msg_schema_last("r", "null", r#"{"id":8,"note":"z"}"#, 13),
+        ];
+        let mut warm = SchemaCache::default();
+        // Warm the cache so that every case below takes the fast path.
+        assert!(matches!(
+            decode(&mut warm, 0, Some(cases[0].as_bytes())),
+            Decoded::Event(_)
+        ));
+        for (i, m) in cases.iter().enumerate() {
+            assert!(warm.known_schema_suffix(m.as_bytes()).is_some(), "case {i}");
+            let fast = decode(&mut warm, 1, Some(m.as_bytes()));
+            let slow = decode(&mut SchemaCache::default(), 1, Some(m.as_bytes()));
+            match (fast, slow) {
+                (Decoded::Event(f), Decoded::Event(s)) => {
+                    assert_eq!(
+                        (
+                            &f.message_id,
+                            f.version,
+                            f.op,
+                            f.source_ts_ms,
+                            &f.key,
+                            &f.row
+                        ),
+                        (
+                            &s.message_id,
+                            s.version,
+                            s.op,
+                            s.source_ts_ms,
+                            &s.key,
+                            &s.row
+                        ),
+                        "case {i}"
+                    );
+                    assert_eq!(f.schema, s.schema);
+                }
+                other => panic!("case {i}: {other:?}"),
+            }
+        }
+        // A second schema member is a duplicate field on both paths.
+        let dup = msg_schema_last("c", "null", r#"{"id":1,"note":"a"}"#, 14).replacen(
+            r#""before""#,
+            &format!(r#""schema":{SCHEMA},"before""#),
+            1,
+        );
+        assert!(warm.known_schema_suffix(dup.as_bytes()).is_some());
+        match decode(&mut warm, 2, Some(dup.as_bytes())) {
+            Decoded::Poison(r) => assert!(r.contains("duplicate field"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // The schema block nested in the last member is not the envelope's: full parse, which
+        // finds no schema.
+        let nested = msg_schema_last("c", "null", r#"{"id":1,"note":"a"}"#, 15).replacen(
+            r#","schema":"#,
+            r#","x":{"schema":"#,
+            1,
+        ) + "}";
+        assert!(warm.known_schema_suffix(nested.as_bytes()).is_none());
+        match decode(&mut warm, 3, Some(nested.as_bytes())) {
+            Decoded::Poison(r) => assert!(r.contains("missing field `schema`"), "{r}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -439,7 +439,6 @@ async fn applier_child(args: &Args) {
         group_id: format!("bench-{}", std::process::id()),
         topics: vec![topic],
         batch_max_events: args.batch,
-        batch_max_ms: 200,
         max_concurrent_transactions: args.concurrency,
         lag_interval_ms: 1000,
         ..ApplierConfig::default()
