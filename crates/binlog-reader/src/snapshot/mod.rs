@@ -158,12 +158,14 @@ pub use signal::{request_snapshot, signal_topic, wait_for_snapshots};
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
-    /// Only on demand (`cdcsync snapshot --table ...`). The default, so that a reader that was
-    /// configured before snapshots existed keeps its behaviour; set `initial` for new pipelines.
-    #[default]
+    /// Only on demand (`cdcsync snapshot --table ...`): for a warehouse that already holds the
+    /// tables (loaded by other means) and needs only the changes from now on.
     Never,
     /// On the first start (no checkpoint for this source): snapshot every included table while
     /// streaming from the position saved before the first chunk. Unfinished snapshots resume.
+    /// The default, as in Debezium (`snapshot.mode=initial`): a new pipeline starts with a
+    /// complete copy rather than with only the rows that happen to change.
+    #[default]
     Initial,
     /// As `initial`, and also when the checkpoint can no longer be resumed (binlog purged, GTID
     /// unknown): the checkpoint is reset to the current position and every included table is
@@ -175,7 +177,7 @@ pub enum SnapshotMode {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
-    /// `never` (default), `initial` or `when_needed`.
+    /// `initial` (default), `never` or `when_needed`.
     pub mode: SnapshotMode,
     /// Rows per chunk (one short transaction and one progress record each).
     pub chunk_size: u32,
@@ -193,7 +195,7 @@ pub struct SnapshotConfig {
 impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig {
-            mode: SnapshotMode::Never,
+            mode: SnapshotMode::Initial,
             chunk_size: 10_000,
             workers: 4,
             unique_keys: BTreeMap::new(),
