@@ -29,7 +29,7 @@ struct Pipeline {
     pg: PgSchema,
     dir: cdcsync_tests::tempdir::Dir,
     config: PathBuf,
-    children: Vec<Child>,
+    children: Children,
 }
 
 impl Pipeline {
@@ -82,7 +82,7 @@ bind = "127.0.0.1:0"
             pg,
             dir,
             config,
-            children: Vec::new(),
+            children: Children(Vec::new()),
         }
     }
 
@@ -367,16 +367,28 @@ bind = "127.0.0.1:0"
     }
 
     async fn finish(mut self) {
-        for c in &mut self.children {
+        for c in self.children.0.iter_mut() {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
         }
-        for c in &mut self.children {
+        for c in self.children.0.iter_mut() {
             let _ = c.wait();
         }
         self.db.drop_db().await;
         self.pg.drop_schema().await;
+    }
+}
+
+/// The pipeline's processes; a test that fails before [`Pipeline::finish`] still ends them.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -408,11 +420,52 @@ fn high_watermarks(topic: &str) -> HashMap<i32, i64> {
         .collect()
 }
 
+/// What the tests check of one change event (kept small: a million of them are read).
+#[derive(Debug)]
+struct Msg {
+    /// `id` of the message key.
+    key_id: u64,
+    /// `op` (`None` for a tombstone).
+    op: Option<String>,
+    /// `after.id`, when there is an after image.
+    after_id: Option<u64>,
+    /// `source.event_id` is a snapshot id and `before` is null.
+    snapshot_shaped: bool,
+    /// `source.snapshot`.
+    snapshot: String,
+}
+
+impl Msg {
+    fn parse(key: &[u8], value: Option<&[u8]>) -> Msg {
+        let key: serde_json::Value = serde_json::from_slice(key).expect("json key");
+        let v: Option<serde_json::Value> =
+            value.map(|v| serde_json::from_slice(v).expect("json value"));
+        Msg {
+            key_id: key["id"].as_u64().expect("key id"),
+            op: v
+                .as_ref()
+                .and_then(|v| v["op"].as_str().map(str::to_string)),
+            after_id: v.as_ref().and_then(|v| v["after"]["id"].as_u64()),
+            snapshot_shaped: v.as_ref().is_some_and(|v| {
+                v["source"]["event_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains(":snap:"))
+                    && v["before"].is_null()
+            }),
+            snapshot: v
+                .as_ref()
+                .and_then(|v| v["source"]["snapshot"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        self.op.as_deref() == Some("r")
+    }
+}
+
 /// Reads every message of `topic` from `from[partition]` up to the current end.
-fn read_from(
-    topic: &str,
-    from: &HashMap<i32, i64>,
-) -> Vec<(i32, i64, Option<String>, Option<serde_json::Value>)> {
+fn read_from(topic: &str, from: &HashMap<i32, i64>) -> Vec<Msg> {
     let c = consumer();
     let end = high_watermarks(topic);
     let mut tpl = TopicPartitionList::new();
@@ -423,19 +476,15 @@ fn read_from(
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut pos: HashMap<i32, i64> = from.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // A debug-build consumer on a loaded 2-core machine: allow 1 s per 2,000 messages.
+    let total: i64 = (0..PARTITIONS).map(|p| end[&p] - from[&p]).sum();
+    let deadline = Instant::now() + Duration::from_secs(120 + total as u64 / 2_000);
     while (0..PARTITIONS).any(|p| pos[&p] < end[&p]) {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
             pos.insert(m.partition(), m.offset() + 1);
-            out.push((
-                m.partition(),
-                m.offset(),
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                m.payload()
-                    .map(|v| serde_json::from_slice(v).expect("json value")),
-            ));
+            out.push(Msg::parse(m.key().expect("keyed"), m.payload()));
         }
     }
     out
@@ -520,8 +569,8 @@ async fn initial_snapshot_under_concurrent_writes_converges(server: SourceServer
     );
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
-    p.children.push(p.spawn("reader", "reader"));
-    p.children.push(p.spawn("applier", "applier"));
+    p.children.0.push(p.spawn("reader", "reader"));
+    p.children.0.push(p.spawn("applier", "applier"));
     let done = p.wait_snapshot_done(Duration::from_secs(600));
     eprintln!(
         "snapshot of {} rows in {} chunks done after {:.1}s",
@@ -552,35 +601,22 @@ async fn initial_snapshot_under_concurrent_writes_converges(server: SourceServer
     // key space, so every key was read exactly once (no crash in this run).
     let zero: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     let all = read_from(&p.topic(), &zero);
-    let reads: Vec<&serde_json::Value> = all
-        .iter()
-        .filter_map(|(_, _, _, v)| v.as_ref())
-        .filter(|v| v["op"] == "r")
-        .collect();
+    let reads: Vec<&Msg> = all.iter().filter(|m| m.is_read()).collect();
     assert_eq!(reads.len() as u64, done.rows, "one event per snapshot row");
     let keys: std::collections::HashSet<u64> = reads
         .iter()
-        .map(|v| v["after"]["id"].as_u64().unwrap())
+        .map(|m| m.after_id.expect("after image"))
         .collect();
     assert_eq!(keys.len(), reads.len(), "no key read twice");
-    assert!(reads.iter().all(
-        |v| v["source"]["event_id"].as_str().unwrap().contains(":snap:") && v["before"].is_null()
-    ));
+    assert!(reads.iter().all(|m| m.snapshot_shaped));
     assert!(reads
         .iter()
-        .all(|v| v["source"]["snapshot"] == "true" || v["source"]["snapshot"] == "last"));
+        .all(|m| m.snapshot == "true" || m.snapshot == "last"));
     // "last" marks the greatest key when the final chunk is not empty (it is unknown earlier).
-    assert!(
-        reads
-            .iter()
-            .filter(|v| v["source"]["snapshot"] == "last")
-            .count()
-            <= 1
-    );
+    assert!(reads.iter().filter(|m| m.snapshot == "last").count() <= 1);
     let streamed = all
         .iter()
-        .filter_map(|(_, _, _, v)| v.as_ref())
-        .filter(|v| v["op"] != "r")
+        .filter(|m| m.op.is_some() && !m.is_read())
         .count();
     assert!(
         streamed > 1_000,
@@ -610,7 +646,7 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk(server: Sour
         "writer",
     );
     let mut reader = p.spawn("reader", "reader");
-    p.children.push(p.spawn("applier", "applier"));
+    p.children.0.push(p.spawn("applier", "applier"));
     // Wait until some chunks are durably done, then kill -9.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -639,7 +675,7 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk(server: Sour
     assert!(at_kill.chunks > 0 && at_kill.segments.iter().any(|s| !s.done));
     let marks = high_watermarks(&p.topic());
     std::fs::rename(p.log("reader"), p.log("reader-killed")).unwrap();
-    p.children.push(p.spawn("reader", "reader"));
+    p.children.0.push(p.spawn("reader", "reader"));
     let done = p.wait_snapshot_done(Duration::from_secs(600));
     assert!(
         p.log_text("reader")
@@ -668,12 +704,8 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk(server: Sour
     let after_restart = read_from(&p.topic(), &marks);
     let reads: Vec<u64> = after_restart
         .iter()
-        .filter(|(_, _, _, v)| v.as_ref().is_some_and(|v| v["op"] == "r"))
-        .map(|(_, _, k, _)| {
-            serde_json::from_str::<serde_json::Value>(k.as_deref().unwrap()).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
+        .filter(|m| m.is_read())
+        .map(|m| m.key_id)
         .collect();
     assert!(
         !reads.is_empty(),
@@ -708,8 +740,8 @@ async fn kill_9_mid_snapshot_resumes_after_the_last_completed_chunk(server: Sour
 async fn on_demand_snapshot_while_streaming(server: SourceServer) {
     let mut p = Pipeline::new(&server, "never", 1_000, 2).await;
     p.prefill(20_000);
-    p.children.push(p.spawn("reader", "reader"));
-    p.children.push(p.spawn("applier", "applier"));
+    p.children.0.push(p.spawn("reader", "reader"));
+    p.children.0.push(p.spawn("applier", "applier"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !p.log_text("reader").contains("starting binlog stream") {
         assert!(
@@ -809,7 +841,7 @@ async fn table_without_primary_key_is_refused(server: SourceServer) {
         log.contains(&format!("{}.orders", p.db.name)) && log.contains("has no primary key"),
         "{log}"
     );
-    p.children.clear();
+    p.children.0.clear();
     p.finish().await;
 }
 
