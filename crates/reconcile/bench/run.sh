@@ -44,6 +44,23 @@ parallelism = $PAR
 [telemetry]
 bind = "127.0.0.1:0"
 TOML
+# CPU seconds used by each server (its processes plus the children they reaped: PostgreSQL
+# backends), so the run shows where the time went.
+server_cpu() {
+  local tck; tck=$(getconf CLK_TCK)
+  for name in mariadbd postgres; do
+    local t=0 s
+    for p in $(pgrep -x "$name"); do
+      s=$(awk '{print $14+$15+$16+$17}' "/proc/$p/stat" 2>/dev/null || echo 0)
+      t=$((t + ${s:-0}))
+    done
+    echo -n "$name $(awk -v t="$t" -v k="$tck" 'BEGIN{printf "%.1f", t/k}') s  "
+  done
+}
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg)"
+before=$(server_cpu)
 /usr/bin/time -f "peak RSS %M KiB, wall %e s, user %U s, sys %S s" "$BIN" reconcile --config "$CFG" --table rcbench.orders
+echo "server CPU before: $before"
+echo "server CPU after:  $(server_cpu)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -f "$CFG"
