@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use cdc_config::{KafkaConfig, SourceConfig, WarehouseConfig};
 use cdc_event::{BinlogPosition, TableId, Version};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mysql_async::prelude::Queryable;
 use sqlx::Row as _;
 
@@ -227,6 +227,19 @@ impl Reconciler {
                 }
             }
         });
+        // The bounds are read ahead in their own task, so that a slot that frees up starts its
+        // next chunk at once instead of first waiting for the `OFFSET` query of its bound.
+        let (tx, rx) = tokio::sync::mpsc::channel(self.cfg.parallelism);
+        tokio::spawn(async move {
+            let mut bounds = std::pin::pin!(bounds);
+            while let Some(b) = bounds.next().await {
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let bounds =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         let mut outcomes = std::pin::pin!(bounds
             .map_ok(|range| {
                 let plan = plan.clone();
