@@ -97,8 +97,12 @@ impl SnapshotClock {
 
     /// Starts `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` on `conn` and returns the
     /// binlog position `V` to version what it reads: every transaction before `V` is visible to
-    /// the transaction (on MariaDB also: none after it). The caller ends the transaction; on an
-    /// error none is open.
+    /// the transaction (on MariaDB under REPEATABLE READ also: none after it). The caller ends
+    /// the transaction; on an error none is open.
+    ///
+    /// Only the first half is relied on (`snapshot/mod.rs`), so the session's isolation level
+    /// does not matter for correctness: under READ COMMITTED (reconciliation's sessions) each
+    /// `SELECT` takes a newer read view, which sees at least as much.
     pub async fn begin(&self, conn: &mut Conn) -> Result<BinlogPosition, SnapshotError> {
         match self.flavor {
             Flavor::Mariadb => {
