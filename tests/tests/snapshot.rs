@@ -2,8 +2,8 @@
 //! 9.7, each case once per server: `<case>::mariadb`, `<case>::mysql`): the source →
 //! `cdcsync reader` (snapshot + stream) → Kafka → `cdcsync applier` → PostgreSQL, while
 //! `cdcsync loadgen` keeps inserting, updating and deleting orders. Each case ends with the
-//! warehouse equal to the source row for row on every column (this file's own comparison; on
-//! MariaDB `cdcsync reconcile` must agree as well).
+//! warehouse equal to the source row for row on every column (this file's own comparison, and
+//! `cdcsync reconcile` must agree).
 //!
 //! Sizes: the convergence case loads the 1,000,000 orders on both servers
 //! (`CDCSYNC_SNAPSHOT_ROWS` overrides); the `kill -9` case 150,000, on-demand 20,000. Measured on
@@ -199,9 +199,8 @@ bind = "127.0.0.1:0"
     }
 
     /// Waits until the warehouse equals the source row for row on every column (this file's own
-    /// comparison, [`Self::differences`]); then, on MariaDB, `cdcsync reconcile` must agree.
-    /// (On MySQL 9.7 `cdcsync reconcile` cannot run yet: its digest calls `MD5()`, which that
-    /// server lacks — ERROR 1046; the own comparison is the check there.)
+    /// comparison, [`Self::differences`], independent of the reconcile crate); then
+    /// `cdcsync reconcile` must agree.
     async fn wait_equal(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut last;
@@ -220,9 +219,7 @@ bind = "127.0.0.1:0"
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        if self.db.server.flavor == Flavor::Mariadb {
-            self.wait_reconcile_equal(Duration::from_secs(60));
-        }
+        self.wait_reconcile_equal(Duration::from_secs(60));
     }
 
     /// Every difference between the source's `orders` and the warehouse's live rows, comparing
@@ -574,8 +571,7 @@ per_flavor!(
 /// `read_rows_consistent`, the read behind `cdcsync reconcile --repair`, on either server: the
 /// CDC user's privileges suffice, it returns exactly the selected rows encoded as snapshot rows,
 /// at a version no older than the binlog position before the call, and leaves no transaction
-/// open. (The repair itself is not exercised on MySQL: `cdcsync reconcile` does not run there
-/// yet, see `wait_equal`.)
+/// open. (The repair end to end, on both servers: `reconcile_pipeline.rs`.)
 async fn repair_reads_are_consistent_reads_of_the_snapshot(server: SourceServer) {
     use binlog_reader::snapshot::{read_rows_consistent, SnapshotClock};
     use mysql_async::prelude::Queryable;
