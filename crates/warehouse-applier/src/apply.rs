@@ -338,8 +338,13 @@ impl Applier {
         }
         copy.finish().await?;
 
-        let has_snapshot = staged.iter().any(|e| e.op == Op::Read);
-        let sql = self.statement(&stage, target, &cols, has_snapshot);
+        let n_read = staged.iter().filter(|e| e.op == Op::Read).count();
+        let only_snapshot = n_read == staged.len();
+        let sql = if only_snapshot {
+            self.snapshot_statement(&stage, target, &cols, winners.len() as i64)
+        } else {
+            self.statement(&stage, target, &cols, n_read > 0)
+        };
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(&sql)
             .bind(topic)
             .bind(partition)
@@ -372,6 +377,45 @@ impl Applier {
         Ok((counts, ts))
     }
 
+    /// The statement for a run made only of snapshot rows: no id is recorded (module docs), so
+    /// there is no `fresh` set to build, join or count; the winners are upserted under the same
+    /// guard (and in hard mode the same tombstone check) as in [`Self::statement`]. Snapshot rows
+    /// are never deletes, so nothing is deleted or tombstoned. It returns the same row shape:
+    /// every staged event is fresh (`count(*)`), `winners` of them are winners, and `up` counts
+    /// the rows written.
+    fn snapshot_statement(
+        &self,
+        stage: &str,
+        target: &Target,
+        cols: &[String],
+        winners: i64,
+    ) -> String {
+        let (col_list, s_cols, keys, set) = upsert_parts(target, cols);
+        let up_filter = match self.delete_mode {
+            DeleteMode::Soft => String::new(),
+            DeleteMode::Hard => self.tombstone_filter(),
+        };
+        format!(
+            "WITH up AS (\
+               INSERT INTO {t} AS t ({col_list}, _cdc_version, _cdc_deleted, _cdc_source_ts, _cdc_applied_at) \
+               SELECT {s_cols}, s._cdc_ver, s._cdc_del, to_timestamp(s._cdc_ts / 1000.0), clock_timestamp() \
+               FROM {stage} s WHERE s._cdc_win{up_filter} \
+               ON CONFLICT ({keys}) DO UPDATE SET {set} WHERE t._cdc_version < EXCLUDED._cdc_version \
+               RETURNING 1) \
+             SELECT 'r'::text, (SELECT count(*) FROM {stage}), {winners}::bigint, (SELECT count(*) FROM up)",
+            t = target.qualified,
+        )
+    }
+
+    /// Hard mode: an upsert loses to a tombstone at its version or later.
+    fn tombstone_filter(&self) -> String {
+        format!(
+            " AND NOT s._cdc_del AND NOT EXISTS (SELECT 1 FROM {}.tombstones tb \
+             WHERE tb.target_table = $3 AND tb.row_key = s._cdc_key AND tb.version >= s._cdc_ver)",
+            ident(&self.meta_schema)
+        )
+    }
+
     /// The one statement that records ids and applies the fresh winners of a staged run.
     /// Parameters: `$1` topic, `$2` partition, `$3` target name (tombstone key). With
     /// `has_snapshot`, snapshot rows (`op = "r"`) record no id and count as fresh (module docs).
@@ -384,21 +428,8 @@ impl Applier {
     ) -> String {
         let m = ident(&self.meta_schema);
         let t = &target.qualified;
-        let col_list = cols.join(", ");
-        let s_cols = cols
-            .iter()
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (col_list, s_cols, keys, set) = upsert_parts(target, cols);
         let key_cols: Vec<String> = target.key.iter().map(|k| ident(k)).collect();
-        let mut set: Vec<String> = cols
-            .iter()
-            .filter(|c| !key_cols.contains(c))
-            .map(|c| format!("{c} = EXCLUDED.{c}"))
-            .collect();
-        for b in crate::tables::BOOKKEEPING {
-            set.push(format!("{b} = EXCLUDED.{b}"));
-        }
         // The run's events that need their id recorded, the winners to write, and how the
         // counting query tells fresh events (ids newly recorded, and snapshot rows) apart.
         let (id_filter, fresh_winner, count_from) = if has_snapshot {
@@ -426,10 +457,7 @@ impl Applier {
                     .collect::<Vec<_>>()
                     .join(" AND ");
                 (
-                    format!(
-                        " AND NOT s._cdc_del AND NOT EXISTS (SELECT 1 FROM {m}.tombstones tb \
-                         WHERE tb.target_table = $3 AND tb.row_key = s._cdc_key AND tb.version >= s._cdc_ver)"
-                    ),
+                    self.tombstone_filter(),
                     format!(
                         ", del AS (DELETE FROM {t} t USING {stage} s WHERE {fresh_winner} AND s._cdc_del \
                          AND {key_match} AND t._cdc_version < s._cdc_ver RETURNING 1), \
@@ -460,10 +488,28 @@ impl Applier {
                RETURNING 1){extra} \
              SELECT s._cdc_op, count(*), count(*) FILTER (WHERE s._cdc_win), {written} \
              FROM {count_from} GROUP BY s._cdc_op",
-            keys = key_cols.join(", "),
-            set = set.join(", "),
         )
     }
+}
+
+/// The parts of the guarded upsert shared by both statements: the target's column list, the
+/// same columns from the stage `s`, the conflict keys and the `SET` list.
+fn upsert_parts(target: &Target, cols: &[String]) -> (String, String, String, String) {
+    let key_cols: Vec<String> = target.key.iter().map(|k| ident(k)).collect();
+    let s_cols = cols
+        .iter()
+        .map(|c| format!("s.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut set: Vec<String> = cols
+        .iter()
+        .filter(|c| !key_cols.contains(c))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    for b in crate::tables::BOOKKEEPING {
+        set.push(format!("{b} = EXCLUDED.{b}"));
+    }
+    (cols.join(", "), s_cols, key_cols.join(", "), set.join(", "))
 }
 
 fn merge(out: &mut Applied, label: &str, c: TableCounts, ts: Vec<i64>) {

@@ -48,6 +48,11 @@ pub struct ApplierConfig {
     /// batches reach it only under a backlog.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
+    /// The bound of a batch made only of snapshot rows (`op = "r"`, an initial or on-demand
+    /// snapshot flooding the topic): fewer, bigger transactions per row. At least
+    /// `batch_max_events`; a streamed event in the batch brings the bound back to that.
+    #[serde(default = "default_snapshot_batch_max_events")]
+    pub snapshot_batch_max_events: usize,
     /// How long (ms) a batch lingers for more events after its first one before it waits for a
     /// transaction slot, unless it is full. 0 (the default) applies as soon as a slot is free,
     /// which gives the lowest latency; a few ms make batches larger at low rates (fewer, bigger
@@ -103,6 +108,9 @@ fn default_group_id() -> String {
 fn default_batch_max_events() -> usize {
     2000
 }
+fn default_snapshot_batch_max_events() -> usize {
+    10_000
+}
 fn default_batch_max_ms() -> u64 {
     0
 }
@@ -138,6 +146,7 @@ impl Default for ApplierConfig {
             topics: Vec::new(),
             topic_pattern: None,
             batch_max_events: default_batch_max_events(),
+            snapshot_batch_max_events: default_snapshot_batch_max_events(),
             batch_max_ms: default_batch_max_ms(),
             max_concurrent_transactions: default_max_concurrent_transactions(),
             delete_mode: DeleteMode::default(),
@@ -183,6 +192,12 @@ impl ApplierConfig {
             return Err(ConfigError::invalid(
                 "applier.batch_max_events",
                 "must be between 1 and 100000",
+            ));
+        }
+        if self.snapshot_batch_max_events > 100_000 {
+            return Err(ConfigError::invalid(
+                "applier.snapshot_batch_max_events",
+                "must be at most 100000",
             ));
         }
         if self.batch_max_ms > 60_000 {
@@ -290,6 +305,10 @@ mod tests {
         let cases = [
             ("batch_max_events = 0", "applier.batch_max_events"),
             ("batch_max_ms = 60001", "applier.batch_max_ms"),
+            (
+                "snapshot_batch_max_events = 100001",
+                "applier.snapshot_batch_max_events",
+            ),
             (
                 "max_concurrent_transactions = 0",
                 "applier.max_concurrent_transactions",

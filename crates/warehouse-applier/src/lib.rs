@@ -154,6 +154,7 @@ pub async fn run(
         },
         dead_letters,
         batch_max_events: applier.batch_max_events,
+        snapshot_batch_max_events: applier.snapshot_batch_max_events,
         batch_linger: Duration::from_millis(applier.batch_max_ms),
         slots: Arc::new(tokio::sync::Semaphore::new(
             applier.max_concurrent_transactions as usize,

@@ -32,6 +32,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cdc_event::Op;
+
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +74,8 @@ pub struct WorkerShared {
     pub dead_letters: DeadLetters,
     /// Batch bound in events.
     pub batch_max_events: usize,
+    /// Batch bound while every event of the batch is a snapshot row (`op = "r"`).
+    pub snapshot_batch_max_events: usize,
     /// How long a batch lingers for more events after its first one before it competes for a
     /// transaction slot (zero: not at all).
     pub batch_linger: Duration,
@@ -95,32 +99,49 @@ struct Batch {
     /// Messages that cannot be applied: index into `messages`, error kind and reason.
     dead: Vec<(usize, &'static str, String)>,
     max: usize,
+    /// The bound while `only_snapshot`.
+    snapshot_max: usize,
+    /// Every message so far is a snapshot row: a snapshot burst is applied in bigger batches
+    /// (fewer transactions and staging tables per row); the first other event brings the bound
+    /// back to `max` (the batch then ends at once if it is already beyond it).
+    only_snapshot: bool,
 }
 
 impl Batch {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, snapshot_max: usize) -> Self {
         Batch {
             messages: Vec::with_capacity(max),
             prepared: Vec::with_capacity(max),
             origin: Vec::with_capacity(max),
             dead: Vec::new(),
             max,
+            snapshot_max: snapshot_max.max(max),
+            only_snapshot: true,
         }
     }
 
     fn is_full(&self) -> bool {
-        self.messages.len() >= self.max
+        let bound = if self.only_snapshot {
+            self.snapshot_max
+        } else {
+            self.max
+        };
+        self.messages.len() >= bound
     }
 
     fn push(&mut self, cache: &mut SchemaCache, m: Message) {
         let i = self.messages.len();
         match decode(cache, m.offset, m.payload.as_deref()) {
             Decoded::Event(p) => {
+                self.only_snapshot &= p.op == Op::Read;
                 self.prepared.push(p);
                 self.origin.push(i);
             }
-            Decoded::Tombstone => {}
-            Decoded::Poison(reason) => self.dead.push((i, "decode", reason)),
+            Decoded::Tombstone => self.only_snapshot = false,
+            Decoded::Poison(reason) => {
+                self.only_snapshot = false;
+                self.dead.push((i, "decode", reason))
+            }
         }
         self.messages.push(m);
     }
@@ -142,6 +163,7 @@ impl Batch {
         self.prepared.clear();
         self.origin.clear();
         self.dead.clear();
+        self.only_snapshot = true;
     }
 }
 
@@ -155,7 +177,7 @@ pub async fn run_worker(
     events: std::sync::mpsc::Sender<WorkerEvent>,
 ) {
     let mut cache = SchemaCache::default();
-    let mut batch = Batch::new(shared.batch_max_events);
+    let mut batch = Batch::new(shared.batch_max_events, shared.snapshot_batch_max_events);
     'outer: loop {
         // Collect: wait for a first message.
         let first = tokio::select! {
