@@ -67,8 +67,11 @@
 //! before `P` and is already reflected (absent); every later change has a version `> V` and wins.
 //!
 //! MariaDB satisfies (A) exactly (and its converse): it takes the read view and the binlog
-//! coordinates together under the lock that orders commits. MySQL satisfies (A) through the fence
-//! described in the next section.
+//! coordinates together under the lock that orders commits — but it *reports* them through a
+//! status variable kept in shared storage, which a concurrent `SHOW STATUS` of another session
+//! can overwrite between fill and read; `clock.rs` serialises and triple-checks the read, and the
+//! remaining exposure is recorded in `docs/decisions/0002-snapshot-consistency.md`. MySQL
+//! satisfies (A) through the fence described in the next section.
 //!
 //! This needs the stream to deliver every change after `V`: the stream's durable start position
 //! `S0` must be `<= V`. A snapshot therefore waits until the stream has saved a checkpoint (on the
