@@ -10,7 +10,8 @@
 //! the 2-core machine (debug build, one case at a time, load average 3–6, 2026-11-28): the
 //! 1,000,000-row case takes 115 s on MariaDB (prefill 13 s, snapshot of 1.03 M rows 36 s) and
 //! 109 s on MySQL (prefill 18 s, snapshot 37 s). The whole file, both 1,000,000-row cases in
-//! parallel with the rest, took 341 s (load average 4–8) against 165 s with 100,000 rows, so
+//! parallel with the rest, took 280 s and 341 s in two passing runs (load average 4–8) against
+//! 165 s with 100,000 rows, so
 //! `make test` (about 10 min before) stays far under CI's 30 min. The ≥5,000,000-row run is the
 //! benchmark (`scripts/snapshot-bench`).
 
