@@ -49,8 +49,10 @@ pub struct ApplierConfig {
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
     /// The bound of a batch made only of snapshot rows (`op = "r"`, an initial or on-demand
-    /// snapshot flooding the topic): fewer, bigger transactions per row. At least
-    /// `batch_max_events`; a streamed event in the batch brings the bound back to that.
+    /// snapshot flooding the topic). At least `batch_max_events`; a streamed event in the batch
+    /// brings the bound back to that. The default equals `batch_max_events`: 10,000-row snapshot
+    /// batches were not measurably faster (1M-row snapshot-bench, three runs each: median 17.3 s
+    /// vs 17.6 s) but raised the applier's peak RSS from 82 MiB to 124–134 MiB (164 MiB at 5M).
     #[serde(default = "default_snapshot_batch_max_events")]
     pub snapshot_batch_max_events: usize,
     /// How long (ms) a batch lingers for more events after its first one before it waits for a
@@ -109,7 +111,7 @@ fn default_batch_max_events() -> usize {
     2000
 }
 fn default_snapshot_batch_max_events() -> usize {
-    10_000
+    default_batch_max_events()
 }
 fn default_batch_max_ms() -> u64 {
     0
