@@ -249,6 +249,9 @@ impl Fixture {
     fn config(&self, recheck_ms: u64) -> ReconcileConfig {
         ReconcileConfig {
             chunk_rows: 500,
+            // Smaller than a chunk, so a differing chunk is cut into sub-ranges before its rows
+            // are read (the drill-down path a large production chunk takes).
+            drill_rows: 100,
             parallelism: 2,
             recheck_timeout_ms: recheck_ms,
             recheck_interval_ms: 100,

@@ -10,9 +10,14 @@ pub struct ReconcileConfig {
     /// Tables the scheduled mode checks, as `db.table`. Empty: every table named exactly in
     /// `source.include_tables` (wildcards are skipped).
     pub tables: Vec<String>,
-    /// Rows per primary-key chunk. A chunk is the unit of digest comparison, of drill-down and
-    /// of parallelism; a larger chunk means fewer queries but a larger drill-down on a mismatch.
+    /// Rows per primary-key chunk: the unit of digest comparison and of parallelism. A larger
+    /// chunk means fewer, cheaper-per-row digest queries.
     pub chunk_rows: u64,
+    /// Most source rows read into memory at once when a chunk's digests differ: a differing
+    /// chunk larger than this is cut into sub-ranges of this many rows, each compared by digest
+    /// again, and only the differing sub-ranges are read row by row. Bounds the memory of a
+    /// drill-down independently of `chunk_rows`.
+    pub drill_rows: u64,
     /// Chunks compared at once (each holds one source and one warehouse connection).
     pub parallelism: usize,
     /// Upper bound on source rows read per second, over all chunks (0 = unlimited), so a run can
@@ -41,6 +46,7 @@ impl Default for ReconcileConfig {
         ReconcileConfig {
             tables: Vec::new(),
             chunk_rows: 10_000,
+            drill_rows: 10_000,
             parallelism: 2,
             max_rows_per_second: 0,
             recheck_timeout_ms: 10_000,
@@ -59,6 +65,12 @@ impl ReconcileConfig {
         if !(100..=1_000_000).contains(&self.chunk_rows) {
             return Err(ConfigError::invalid(
                 "reconcile.chunk_rows",
+                "must be between 100 and 1000000",
+            ));
+        }
+        if !(100..=1_000_000).contains(&self.drill_rows) {
+            return Err(ConfigError::invalid(
+                "reconcile.drill_rows",
                 "must be between 100 and 1000000",
             ));
         }
@@ -105,8 +117,9 @@ mod tests {
     fn defaults_validate_and_bad_values_name_the_key() {
         ReconcileConfig::default().validate().unwrap();
         type Breaker = fn(&mut ReconcileConfig);
-        let cases: [(&str, Breaker); 4] = [
+        let cases: [(&str, Breaker); 5] = [
             ("reconcile.chunk_rows", |c| c.chunk_rows = 10),
+            ("reconcile.drill_rows", |c| c.drill_rows = 0),
             ("reconcile.parallelism", |c| c.parallelism = 0),
             ("reconcile.recheck_interval_ms", |c| {
                 c.recheck_interval_ms = 0

@@ -320,14 +320,54 @@ impl Reconciler {
         if s == w {
             return Ok(out);
         }
-        // Drill down: both sides' rows of the range, compared key by key.
+        // Drill down: both sides' rows of the range, compared key by key; a range larger than
+        // `drill_rows` is first cut into sub-ranges of that many source rows, each compared by
+        // digest again, so only differing sub-ranges are held in memory (one at a time).
         out.drilled = true;
-        let position = source_position(&mut conn, self.flavor).await?;
-        let source = source_rows(&mut conn, plan, &plan.my_rows_in(&range)).await?;
-        let warehouse = warehouse_rows(&self.pg, plan, &plan.pg_rows_in(&range)).await?;
-        out.candidates = diff(plan, &source, &warehouse, &position);
+        if self.cfg.chunk_rows <= self.cfg.drill_rows {
+            out.candidates = self.drill(&mut conn, plan, &range).await?;
+        } else {
+            let mut lo = range.lo.clone();
+            loop {
+                let next = next_bound(&mut conn, plan, lo.as_ref(), self.cfg.drill_rows).await?;
+                let hi = match (next, &range.hi) {
+                    (Some(n), Some(h)) if n < *h => Some(n),
+                    (Some(n), None) => Some(n),
+                    _ => range.hi.clone(),
+                };
+                let sub = Range {
+                    lo: lo.clone(),
+                    hi: hi.clone(),
+                };
+                let (s, w) = tokio::join!(
+                    source_digest(&mut conn, plan, &sub),
+                    warehouse_digest(&self.pg, plan, &sub)
+                );
+                if s? != w? {
+                    out.candidates
+                        .extend(self.drill(&mut conn, plan, &sub).await?);
+                }
+                if hi == range.hi {
+                    break;
+                }
+                lo = hi;
+            }
+        }
         tracing::debug!(table = %plan.label, ?range, differences = out.candidates.len(), "chunk digests differ; drilled down");
         Ok(out)
+    }
+
+    /// Both sides' rows of `range`, compared key by key, at the source position read first.
+    async fn drill(
+        &self,
+        conn: &mut mysql_async::Conn,
+        plan: &TablePlan,
+        range: &Range,
+    ) -> Result<Vec<Candidate>, ReconcileError> {
+        let position = source_position(conn, self.flavor).await?;
+        let source = source_rows(conn, plan, &plan.my_rows_in(range)).await?;
+        let warehouse = warehouse_rows(&self.pg, plan, &plan.pg_rows_in(range)).await?;
+        Ok(diff(plan, &source, &warehouse, &position))
     }
 
     /// Re-reads differing rows until they converge or `recheck_timeout_ms` passes; returns what
