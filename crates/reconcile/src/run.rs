@@ -168,7 +168,16 @@ impl Reconciler {
                     Ok(())
                 })
             })
-            .connect(&warehouse.connection_url()?)
+            .connect_with({
+                use sqlx::ConnectOptions;
+                // A digest query covers a whole chunk (50,000 rows by default, about a second
+                // on a busy two-core machine): that is the design, not a slow statement worth
+                // sqlx's per-statement warning; the run logs and exports its own durations.
+                warehouse
+                    .connection_url()?
+                    .parse::<sqlx::postgres::PgConnectOptions>()?
+                    .disable_statement_logging()
+            })
             .await?;
         Ok(Reconciler {
             cfg: cfg.clone(),
