@@ -101,6 +101,33 @@ pub struct TableInfo {
     pub schema: Arc<TableSchema>,
 }
 
+impl TableInfo {
+    /// An included table: its schema block (with the key columns' names) built and serialised
+    /// once, for the stream's TABLE_MAP path and the snapshot alike.
+    pub fn included(
+        id: TableId,
+        label: String,
+        columns: Vec<Column>,
+        key: Vec<usize>,
+        schema_cols: Vec<ColumnSchema>,
+    ) -> TableInfo {
+        let schema = Arc::new(TableSchema {
+            columns: schema_cols,
+            primary_key: key.iter().map(|&k| columns[k].name.clone()).collect(),
+        });
+        let schema_json = serde_json::to_string(&*schema).unwrap_or_default();
+        TableInfo {
+            id,
+            label,
+            included: true,
+            columns,
+            key,
+            schema_json,
+            schema,
+        }
+    }
+}
+
 /// Column facts from `information_schema`, the fallback and MariaDB JSON source.
 #[derive(Debug, Clone, Default)]
 pub struct InfoSchemaTable {
@@ -505,20 +532,7 @@ pub fn build(
                 .into(),
         ));
     }
-    let schema = Arc::new(TableSchema {
-        columns: schema_cols,
-        primary_key: key.iter().map(|&k| columns[k].name.clone()).collect(),
-    });
-    let schema_json = serde_json::to_string(&*schema).unwrap_or_default();
-    Ok(TableInfo {
-        id,
-        label,
-        included: true,
-        columns,
-        key,
-        schema_json,
-        schema,
-    })
+    Ok(TableInfo::included(id, label, columns, key, schema_cols))
 }
 
 /// Parses the labels of `enum('a','b''c')` / `set(...)` from `COLUMN_TYPE`.

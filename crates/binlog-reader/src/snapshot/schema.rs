@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cdc_event::{ColumnSchema, ColumnType, Flavor, TableId, TableSchema};
+use cdc_event::{ColumnSchema, ColumnType, Flavor, TableId};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
@@ -234,20 +234,13 @@ fn build(
         }
         key.push(i);
     }
-    let schema = Arc::new(TableSchema {
-        columns: schema_cols,
-        primary_key: key.iter().map(|&k| columns[k].name.clone()).collect(),
-    });
-    let schema_json = serde_json::to_string(&*schema).unwrap_or_default();
-    Ok(TableInfo {
-        id: t.clone(),
+    Ok(TableInfo::included(
+        t.clone(),
         label,
-        included: true,
         columns,
         key,
-        schema_json,
-        schema,
-    })
+        schema_cols,
+    ))
 }
 
 #[cfg(test)]
